@@ -1,0 +1,72 @@
+"""The ``keel`` command: ``keel serve`` runs a broker (and later sub-commands inspect a cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from broker.config import Settings, build_parser, load_settings
+
+log = logging.getLogger("keel")
+
+
+async def serve(settings: Settings) -> int:
+    from broker.core import Broker  # noqa: PLC0415 - keep `keel --help` fast
+    from broker.server import KafkaServer  # noqa: PLC0415
+
+    broker = Broker(settings)
+    await broker.start()
+    server = KafkaServer(broker)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    failed = asyncio.create_task(_wait_failed(broker))
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([failed, stopper], return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down")
+    await server.stop()
+    await broker.stop()
+    failed.cancel()
+    stopper.cancel()
+    return 1 if broker.failed is not None else 0
+
+
+async def _wait_failed(broker: object) -> None:
+    while getattr(broker, "failed", None) is None:
+        await asyncio.sleep(0.2)
+
+
+def _run(coro_factory: object, settings: Settings) -> int:
+    try:
+        import uvloop  # noqa: PLC0415
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(runner(serve(settings)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="keel", description="Keel: a Kafka-compatible broker on object storage")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build_parser(commands.add_parser("serve", help="run a broker"))
+    args = parser.parse_args(argv)
+    settings = load_settings(args)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        return _run(serve, settings)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

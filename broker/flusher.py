@@ -1,0 +1,127 @@
+"""Moves durable data from the WAL into segment objects and lets the WAL trim behind it.
+
+For each partition, once its unflushed bytes reach ``segment_bytes`` or its
+oldest unflushed batch is older than ``flush_interval_ms``, the flusher writes
+one segment object (batches + index + footer), then commits the partition
+manifest with a conditional write, and only then marks the data flushed.  The
+WAL is trimmed to the oldest batch that is still only in the WAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from broker.partition_log import PartitionLog, TailBatch
+from broker.segment import build_segment
+from metadata.store import SegmentRef
+from objectstore.base import ObjectStoreError
+
+if TYPE_CHECKING:
+    from broker.core import Broker
+
+log = logging.getLogger("keel.flusher")
+TICK_SECONDS = 0.1
+RETRY_SECONDS = 1.0
+
+
+class Flusher:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self.stats = {"segments": 0, "bytes": 0, "errors": 0}
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), TICK_SECONDS)
+            self._wakeup.clear()
+            await self._round(force=False)
+        await self._round(force=True)
+
+    async def _round(self, force: bool) -> None:
+        try:
+            await self.flush_due(force=force)
+        except Exception:  # noqa: BLE001 - keep flushing; the data stays safe in the WAL
+            self.stats["errors"] += 1
+            log.exception("flush failed; retrying in %.1f s", RETRY_SECONDS)
+            await asyncio.sleep(RETRY_SECONDS)
+
+    async def flush_due(self, force: bool = False) -> None:
+        broker = self.broker
+        settings = broker.settings
+        now = time.monotonic()
+        pressure = broker.unflushed_bytes > settings.max_unflushed_bytes // 2
+        for plog in list(broker.logs.values()):
+            batches = plog.unflushed_batches()
+            while batches:
+                size = sum(len(b.data) for b in batches)
+                age_ms = (now - batches[0].appended_at) * 1000
+                if not (force or pressure or size >= settings.segment_bytes or age_ms >= settings.flush_interval_ms):
+                    break
+                taken = _take(batches, settings.segment_bytes)
+                await self.flush_partition(plog, taken)
+                batches = batches[len(taken):]
+        await self._trim_wal()
+        broker.flush_progress.set()
+
+    async def flush_partition(self, plog: PartitionLog, batches: list[TailBatch]) -> None:
+        broker = self.broker
+        if broker.logs.get((plog.topic.name, plog.partition)) is not plog:
+            return  # topic deleted meanwhile
+        parts, footer = build_segment([b.data for b in batches])
+        manifest = plog.manifest
+        key = broker.meta.segment_key(plog.topic.topic_id, plog.partition, footer.base_offset, manifest.leader_epoch)
+        body = b"".join(parts)
+        try:
+            await broker.store.put(key, body)
+        except ObjectStoreError:
+            self.stats["errors"] += 1
+            raise
+        ref = SegmentRef(base_offset=footer.base_offset, last_offset=footer.last_offset, key=key,
+                         size=len(body), max_timestamp=footer.max_timestamp,
+                         first_timestamp=min(b.max_timestamp for b in batches))
+        updated = dataclasses.replace(manifest, segments=[*manifest.segments, ref],
+                                      producers=plog.producers.snapshot())
+        etag = await broker.meta.commit_manifest(updated, plog.manifest_etag)
+        plog.manifest, plog.manifest_etag = updated, etag
+        flushed = sum(len(b.data) for b in batches)
+        plog.mark_flushed(ref, flushed, _keep_bytes(broker))
+        broker.unflushed_bytes -= flushed
+        self.stats["segments"] += 1
+        self.stats["bytes"] += len(body)
+        log.debug("flushed %s-%d offsets %d..%d (%d bytes) to %s", plog.topic.name, plog.partition,
+                  footer.base_offset, footer.last_offset, len(body), key)
+
+    async def _trim_wal(self) -> None:
+        broker = self.broker
+        positions = [p for plog in broker.logs.values()
+                     if (p := plog.oldest_unflushed_wal_position()) is not None and p >= 0]
+        await broker.wal.trim(min(positions, default=broker.wal.next_position))
+
+
+def _take(batches: list[TailBatch], limit: int) -> list[TailBatch]:
+    taken, size = [], 0
+    for batch in batches:
+        if taken and size + len(batch.data) > limit:
+            break
+        taken.append(batch)
+        size += len(batch.data)
+    return taken
+
+
+def _keep_bytes(broker: Broker) -> int:
+    """Each partition keeps an equal share of the tail cache for recently flushed data."""
+    return broker.settings.tail_cache_bytes // max(1, len(broker.logs))

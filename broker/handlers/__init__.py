@@ -1,0 +1,18 @@
+"""The registry of served APIs: one module per API family, each declaring its version range."""
+
+from broker.handlers import api_versions, fetch, list_offsets, metadata, produce, producer_ids, topics
+from broker.handlers.base import Api
+
+APIS: dict[int, Api] = {
+    api.key: api
+    for api in (
+        produce.API,
+        fetch.API,
+        list_offsets.API,
+        metadata.API,
+        api_versions.API,
+        topics.CREATE_TOPICS,
+        topics.DELETE_TOPICS,
+        producer_ids.API,
+    )
+}

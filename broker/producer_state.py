@@ -1,0 +1,81 @@
+"""Idempotent-producer state of one partition: what Kafka keeps to drop retried duplicates.
+
+For each producer id: the current epoch and the last five batches
+(first sequence, last sequence, base offset, last offset).  A retried batch
+that matches one of them gets its original offsets back instead of being
+written twice; a gap in sequence numbers or a stale epoch is refused.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.errors import ErrorCode
+
+KEPT_BATCHES = 5
+MAX_SEQUENCE = 0x7FFFFFFF
+
+
+@dataclass(slots=True)
+class ProducerEntry:
+    epoch: int
+    batches: deque[tuple[int, int, int, int]] = field(default_factory=lambda: deque(maxlen=KEPT_BATCHES))
+
+    @property
+    def last_sequence(self) -> int:
+        return self.batches[-1][1] if self.batches else -1
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceCheck:
+    error: ErrorCode = ErrorCode.NONE
+    duplicate_of: tuple[int, int] | None = None  # (base offset, last offset) of the original batch
+
+
+ACCEPT = SequenceCheck()
+
+
+class ProducerStateTable:
+    def __init__(self) -> None:
+        self.producers: dict[int, ProducerEntry] = {}
+
+    def check(self, producer_id: int, epoch: int, first_seq: int, last_seq: int) -> SequenceCheck:
+        if producer_id < 0:
+            return ACCEPT
+        entry = self.producers.get(producer_id)
+        if entry is None:
+            return ACCEPT if first_seq == 0 else SequenceCheck(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER)
+        if epoch < entry.epoch:
+            return SequenceCheck(ErrorCode.INVALID_PRODUCER_EPOCH)
+        if epoch > entry.epoch:
+            return ACCEPT if first_seq == 0 else SequenceCheck(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER)
+        for b_first, b_last, b_base, b_end in entry.batches:
+            if b_first == first_seq and b_last == last_seq:
+                return SequenceCheck(duplicate_of=(b_base, b_end))
+        expected = 0 if entry.last_sequence == MAX_SEQUENCE else entry.last_sequence + 1
+        if first_seq != expected:
+            return SequenceCheck(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER)
+        return ACCEPT
+
+    def record(self, producer_id: int, epoch: int, first_seq: int, last_seq: int,
+               base_offset: int, last_offset: int) -> None:
+        if producer_id < 0:
+            return
+        entry = self.producers.get(producer_id)
+        if entry is None or entry.epoch != epoch:
+            entry = self.producers[producer_id] = ProducerEntry(epoch)
+        entry.batches.append((first_seq, last_seq, base_offset, last_offset))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {str(pid): [e.epoch, [list(b) for b in e.batches]] for pid, e in self.producers.items()}
+
+    @classmethod
+    def restore(cls, snapshot: dict[str, Any]) -> ProducerStateTable:
+        table = cls()
+        for pid, (epoch, batches) in snapshot.items():
+            entry = table.producers[int(pid)] = ProducerEntry(epoch)
+            for b in batches:
+                entry.batches.append(tuple(b))  # type: ignore[arg-type]
+        return table

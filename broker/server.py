@@ -1,0 +1,156 @@
+"""The network edge: accept connections, read size-prefixed frames, dispatch, answer in order.
+
+Requests on one connection are handled concurrently (a produce may wait for
+the WAL while the next one is sequenced) but answered strictly in arrival
+order, as Kafka clients require.  At most ``MAX_IN_FLIGHT`` requests per
+connection are in progress; beyond that the socket is not read, which
+pushes back on the client.  A frame larger than ``max_request_bytes``, a
+header or body that does not decode, or an unknown API key closes the
+connection; nothing a client sends can take the broker down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Any
+
+from broker.core import Broker
+from broker.handlers import APIS
+from broker.handlers.base import RequestContext
+from protocol.framing import SIZE, finish_response, peek_api, read_request_header, start_response
+from protocol.primitives import DecodeError
+from protocol.schema import is_flexible, request_codec, response_codec
+
+log = logging.getLogger("keel.server")
+MAX_IN_FLIGHT = 32
+CLOSE = object()  # a handler's verdict: close this connection
+API_VERSIONS_KEY = 18
+
+
+class KafkaServer:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.settings = broker.settings
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
+                                                  reuse_address=True, limit=1 << 16)
+        for sock in self._server.sockets:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        log.info("listening on %s:%d", self.settings.host, self.settings.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        host, port = (writer.get_extra_info("peername") or ("?", "?"))[:2]
+        peer = f"{host}:{port}"
+        try:
+            await self._serve(reader, writer, peer)
+        finally:
+            self._connections.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        queue: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(MAX_IN_FLIGHT)
+        sender = asyncio.create_task(self._send_loop(queue, writer, peer))
+        limit = self.settings.max_request_bytes
+        try:
+            while not sender.done():
+                size_bytes = await reader.readexactly(4)
+                (size,) = SIZE.unpack(size_bytes)
+                if size < 8 or size > limit:
+                    log.warning("closing %s: request frame of %d bytes (allowed 8..%d)", peer, size, limit)
+                    break
+                frame = await reader.readexactly(size)
+                await queue.put(asyncio.create_task(self._handle(memoryview(frame), peer)))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            if not sender.done():
+                try:
+                    queue.put_nowait(None)
+                except asyncio.QueueFull:
+                    sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            while not queue.empty():
+                item = queue.get_nowait()
+                if item is not None:
+                    item.cancel()
+            writer.close()
+
+    async def _send_loop(self, queue: asyncio.Queue[asyncio.Task[Any] | None], writer: asyncio.StreamWriter,
+                         peer: str) -> None:
+        while True:
+            task = await queue.get()
+            if task is None:
+                return
+            try:
+                response = await task
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("request from %s failed", peer)
+                response = CLOSE
+            if response is CLOSE:
+                writer.close()
+                return
+            if response is not None:
+                writer.write(response)
+                try:
+                    await writer.drain()
+                except ConnectionError:
+                    return
+
+    async def _handle(self, frame: memoryview, peer: str) -> Any:
+        try:
+            api_key, version, correlation_id = peek_api(frame)
+        except DecodeError:
+            log.warning("closing %s: frame too short for a request header", peer)
+            return CLOSE
+        api = APIS.get(api_key)
+        if api is None:
+            log.warning("closing %s: unknown API key %d (version %d, correlation %d)", peer, api_key, version,
+                        correlation_id)
+            return CLOSE
+        if not api.min_version <= version <= api.max_version:
+            advertised_low, _ = api.advertised_range
+            if api.unsupported is not None and (api_key == API_VERSIONS_KEY or advertised_low <= version):
+                try:
+                    return api.unsupported(version, frame) if version >= 0 else CLOSE
+                except DecodeError as exc:
+                    log.warning("closing %s: malformed %s v%d request: %s", peer, api.name, version, exc)
+                    return CLOSE
+            log.warning("closing %s: %s v%d is not supported (%d-%d)", peer, api.name, version,
+                        api.min_version, api.max_version)
+            return CLOSE
+        flexible = is_flexible(api_key, version)
+        try:
+            header, pos = read_request_header(frame, flexible)
+            request = request_codec(api_key, version).decode(frame[pos:])
+        except DecodeError as exc:
+            log.warning("closing %s: malformed %s v%d request (correlation %d): %s", peer, api.name, version,
+                        correlation_id, exc)
+            return CLOSE
+        response = await api.handle(RequestContext(self.broker, header, peer), request)
+        if response is None:
+            return None
+        out = start_response(correlation_id, flexible and api_key != API_VERSIONS_KEY)
+        response_codec(api_key, version).write(out, response)
+        return finish_response(out)
