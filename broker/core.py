@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.config import Settings
+from broker.group_coordinator import GroupCoordinator
 from broker.partition_log import PartitionLog, TailBatch
 from broker.segment_reader import SegmentReader
 from broker.topic_configs import TopicConfig
-from metadata.store import MetadataStore, TopicExistsError, TopicRecord
+from metadata.store import GroupOffsetsStore, MetadataStore, TopicExistsError, TopicRecord
 from objectstore.base import ObjectStore
 from objectstore.localfs import LocalFSObjectStore
 from protocol import records
@@ -61,6 +62,7 @@ class Broker:
                                             sync=settings.wal_fsync)
         self.meta = MetadataStore(self.store)
         self.segments = SegmentReader(self.store)
+        self.groups = GroupCoordinator(GroupOffsetsStore(self.meta))
         self.cluster_id = ""
         self.topics: dict[str, TopicRecord] = {}
         self.topic_configs: dict[str, TopicConfig] = {}
@@ -82,6 +84,7 @@ class Broker:
         self.cluster_id = await self.meta.ensure_cluster()
         for record in (await self.meta.load_topics()).values():
             await self._load_topic(record)
+        await self.groups.start()
         entries = await self.wal.open()
         replayed = self._replay(entries)
         log.info("broker %d: cluster %s, %d topics, %d partitions, %d WAL entries replayed",
@@ -128,6 +131,7 @@ class Broker:
 
     async def stop(self) -> None:
         self.stopping = True
+        await self.groups.stop()
         if self._flusher is not None:
             self.flusher.stop()
             try:
@@ -190,6 +194,18 @@ class Broker:
         await self.meta.delete_topic(record)
         log.info("deleted topic %s", name)
 
+    async def add_partitions(self, name: str, new_count: int) -> None:
+        """Serves partitions up to ``new_count`` of a topic whose stored record already says so."""
+        record = self.topics[name]
+        for p in range(record.partitions, new_count):
+            manifest, etag = await self.meta.load_manifest(record.topic_id, p)
+            if self.topics.get(name) is not record:
+                return  # deleted meanwhile
+            self.logs.setdefault((name, p), PartitionLog.from_manifest(record, p, manifest, etag))
+        # Updated in place so every PartitionLog's ``topic`` stays this very record.
+        record.partitions = max(record.partitions, new_count)
+        log.info("topic %s now has %d partitions", name, record.partitions)
+
     def partition(self, topic: str, partition: int) -> PartitionLog | None:
         return self.logs.get((topic, partition))
 
@@ -233,7 +249,8 @@ class Broker:
         base_offset = plog.next_offset
         last_offset = base_offset + header.last_offset_delta
         append_time = int(time.time() * 1000) if config.log_append_time else None
-        records.assign_offsets(batch, base_offset, log_append_time_ms=append_time)
+        records.assign_offsets(batch, base_offset, log_append_time_ms=append_time,
+                               partition_leader_epoch=plog.manifest.leader_epoch)
         max_ts = append_time if append_time is not None else header.max_timestamp
         tail_batch = TailBatch(base_offset, last_offset, max_ts, batch, appended_at=time.monotonic())
         plog.producers.record(header.producer_id, header.producer_epoch, header.base_sequence,

@@ -156,6 +156,19 @@ class PartitionLog:
         if drop:
             del tail[:drop]
 
+    def epoch_end_offset(self, epoch: int) -> tuple[int, int]:
+        """(largest known epoch <= ``epoch``, the offset where it ended) -- OffsetForLeaderEpoch."""
+        history = self.manifest.epochs or [[self.manifest.leader_epoch, self.log_start_offset]]
+        found = -1
+        for i, (known, _start) in enumerate(history):
+            if known <= epoch:
+                found = i
+        if found < 0:
+            return -1, -1
+        if found == len(history) - 1:
+            return history[found][0], self.high_watermark
+        return history[found][0], history[found + 1][1]
+
     def segment_for(self, offset: int) -> SegmentRef | None:
         segments = self.manifest.segments
         index = bisect.bisect_left(segments, offset, key=lambda s: s.last_offset)

@@ -3,8 +3,9 @@
 Requests on one connection are handled concurrently (a produce may wait for
 the WAL while the next one is sequenced) but answered strictly in arrival
 order, as Kafka clients require.  At most ``MAX_IN_FLIGHT`` requests per
-connection are in progress; beyond that the socket is not read, which
-pushes back on the client.  A frame larger than ``max_request_bytes``, a
+connection, and ``MAX_INFLIGHT_BYTES`` of request frames over all
+connections, are in progress; beyond that sockets are not read, which pushes
+back on clients and bounds memory.  A frame larger than ``max_request_bytes``, a
 header or body that does not decode, or an unknown API key closes the
 connection; nothing a client sends can take the broker down.
 """
@@ -26,6 +27,7 @@ from protocol.schema import is_flexible, request_codec, response_codec
 
 log = logging.getLogger("keel.server")
 MAX_IN_FLIGHT = 32
+MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
 CLOSE = object()  # a handler's verdict: close this connection
 API_VERSIONS_KEY = 18
 
@@ -36,6 +38,20 @@ class KafkaServer:
         self.settings = broker.settings
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        # Bytes of requests read but not yet answered, over all connections: bounds memory.
+        self._inflight_bytes = 0
+        self._inflight_limit = max(self.settings.max_request_bytes, MAX_INFLIGHT_BYTES)
+        self._inflight_freed = asyncio.Event()
+
+    async def _reserve(self, size: int) -> None:
+        while self._inflight_bytes and self._inflight_bytes + size > self._inflight_limit:
+            self._inflight_freed.clear()
+            await self._inflight_freed.wait()
+        self._inflight_bytes += size
+
+    def _release(self, size: int) -> None:
+        self._inflight_bytes -= size
+        self._inflight_freed.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
@@ -77,8 +93,15 @@ class KafkaServer:
                 if size < 8 or size > limit:
                     log.warning("closing %s: request frame of %d bytes (allowed 8..%d)", peer, size, limit)
                     break
-                frame = await reader.readexactly(size)
-                await queue.put(asyncio.create_task(self._handle(memoryview(frame), peer)))
+                await self._reserve(size)
+                try:
+                    frame = await reader.readexactly(size)
+                except BaseException:
+                    self._release(size)
+                    raise
+                task = asyncio.create_task(self._handle(memoryview(frame), peer))
+                task.add_done_callback(lambda _t, n=size: self._release(n))
+                await queue.put(task)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import urllib.parse
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -63,6 +64,8 @@ class Manifest:
     segments: list[SegmentRef] = field(default_factory=list)
     # Idempotent-producer state as of the last segment: {pid: [epoch, [[first_seq, last_seq, base, last], ...]]}
     producers: dict[str, Any] = field(default_factory=dict)
+    # Leader epoch history: [epoch, first offset written in that epoch], oldest first.
+    epochs: list[list[int]] = field(default_factory=list)
 
     @property
     def next_offset(self) -> int:
@@ -194,3 +197,56 @@ class MetadataStore:
                 return next_id
             except PreconditionFailed:
                 continue
+
+
+def _group_key_part(group_id: str) -> str:
+    """Group ids are arbitrary strings; object keys get them percent-encoded."""
+    return urllib.parse.quote(group_id, safe="") or "%00"
+
+
+class GroupOffsetsStore:
+    """Committed offsets of consumer groups: one document per group under ``meta/groups/``."""
+
+    def __init__(self, meta: MetadataStore) -> None:
+        self.meta = meta
+
+    def _key(self, group_id: str) -> str:
+        return self.meta.key("meta", "groups", _group_key_part(group_id) + ".json")
+
+    @staticmethod
+    def _decode(data: bytes) -> tuple[str, dict[tuple[str, int], list[Any]]]:
+        raw = json.loads(data)
+        return raw["group_id"], {(t, int(p)): list(v) for t, p, *v in raw["offsets"]}
+
+    async def load_all(self) -> dict[str, tuple[dict[tuple[str, int], list[Any]], str]]:
+        out = {}
+        for info in await self.meta.store.list(self.meta.key("meta", "groups") + "/"):
+            try:
+                data, etag = await self.meta.store.get_with_etag(info.key)
+            except NotFound:
+                continue
+            group_id, offsets = self._decode(data)
+            out[group_id] = (offsets, etag)
+        return out
+
+    async def read(self, group_id: str) -> tuple[dict[tuple[str, int], list[Any]], str | None]:
+        try:
+            data, etag = await self.meta.store.get_with_etag(self._key(group_id))
+        except NotFound:
+            return {}, None
+        return self._decode(data)[1], etag
+
+    async def write(self, group_id: str, offsets: dict[tuple[str, int], list[Any]], etag: str | None) -> str:
+        doc = json.dumps({"group_id": group_id,
+                          "offsets": [[t, p, *v] for (t, p), v in sorted(offsets.items())]},
+                         separators=(",", ":")).encode()
+        key = self._key(group_id)
+        try:
+            if etag is None:
+                return await self.meta.store.put_if_absent(key, doc)
+            return await self.meta.store.put_if_match(key, doc, etag)
+        except PreconditionFailed as exc:
+            raise ConflictError(key) from exc
+
+    async def delete(self, group_id: str) -> None:
+        await self.meta.store.delete(self._key(group_id))

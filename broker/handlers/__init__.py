@@ -1,6 +1,16 @@
 """The registry of served APIs: one module per API family, each declaring its version range."""
 
-from broker.handlers import api_versions, fetch, list_offsets, metadata, produce, producer_ids, topics
+from broker.handlers import (
+    api_versions,
+    fetch,
+    groups,
+    list_offsets,
+    metadata,
+    offsets,
+    produce,
+    producer_ids,
+    topics,
+)
 from broker.handlers.base import Api
 
 APIS: dict[int, Api] = {
@@ -14,5 +24,7 @@ APIS: dict[int, Api] = {
         topics.CREATE_TOPICS,
         topics.DELETE_TOPICS,
         producer_ids.API,
+        *groups.APIS,
+        *offsets.APIS,
     )
 }

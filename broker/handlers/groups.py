@@ -1,0 +1,125 @@
+"""Consumer-group membership APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
+ListGroups, DescribeGroups and DeleteGroups.  The state machine lives in ``broker.group_coordinator``."""
+
+from __future__ import annotations
+
+from broker.handlers.base import Api, Message, RequestContext
+from protocol.errors import ErrorCode
+
+GROUP_KEY_TYPE = 0
+
+
+def _coordinator(ctx: RequestContext) -> tuple[int, str, int]:
+    settings = ctx.broker.settings
+    return settings.broker_id, settings.client_host, settings.port
+
+
+async def find_coordinator(ctx: RequestContext, request: Message) -> Message:
+    node_id, host, port = _coordinator(ctx)
+    key_type = request.get("key_type", GROUP_KEY_TYPE)
+    error = ErrorCode.NONE if key_type == GROUP_KEY_TYPE else ErrorCode.COORDINATOR_NOT_AVAILABLE
+    message = None if error == ErrorCode.NONE else "Keel coordinates consumer groups only (no transactions)"
+    if ctx.version >= 4:
+        return {"throttle_time_ms": 0, "coordinators": [
+            {"key": key, "node_id": node_id if not error else -1, "host": host if not error else "",
+             "port": port if not error else -1, "error_code": error, "error_message": message}
+            for key in request["coordinator_keys"]]}
+    return {"throttle_time_ms": 0, "error_code": error, "error_message": message,
+            "node_id": node_id if not error else -1, "host": host if not error else "",
+            "port": port if not error else -1}
+
+
+async def join_group(ctx: RequestContext, request: Message) -> Message:
+    result = await ctx.broker.groups.join(
+        group_id=request["group_id"],
+        member_id=request["member_id"],
+        group_instance_id=request.get("group_instance_id"),
+        client_id=ctx.header.client_id or "",
+        client_host=ctx.peer.rsplit(":", 1)[0],
+        session_timeout_ms=request["session_timeout_ms"],
+        rebalance_timeout_ms=request["rebalance_timeout_ms"] if ctx.version >= 1 else request["session_timeout_ms"],
+        protocol_type=request["protocol_type"],
+        protocols=[(p["name"], bytes(p["metadata"])) for p in request["protocols"]],
+        require_known_member_id=ctx.version >= 4,
+    )
+    return {"throttle_time_ms": 0, "error_code": result.error, "generation_id": result.generation,
+            "protocol_type": result.protocol_type, "protocol_name": result.protocol_name, "leader": result.leader,
+            "member_id": result.member_id, "members": result.members}
+
+
+async def sync_group(ctx: RequestContext, request: Message) -> Message:
+    result = await ctx.broker.groups.sync(
+        request["group_id"], request["generation_id"], request["member_id"], request.get("group_instance_id"),
+        {a["member_id"]: bytes(a["assignment"]) for a in request["assignments"]})
+    return {"throttle_time_ms": 0, "error_code": result.error, "protocol_type": result.protocol_type,
+            "protocol_name": result.protocol_name, "assignment": result.assignment}
+
+
+async def heartbeat(ctx: RequestContext, request: Message) -> Message:
+    error = ctx.broker.groups.heartbeat(request["group_id"], request["generation_id"], request["member_id"],
+                                        request.get("group_instance_id"))
+    return {"throttle_time_ms": 0, "error_code": error}
+
+
+async def leave_group(ctx: RequestContext, request: Message) -> Message:
+    if ctx.version <= 2:
+        members = [(request["member_id"], None)]
+    else:
+        members = [(m["member_id"], m.get("group_instance_id")) for m in request["members"]]
+    error, results = ctx.broker.groups.leave(request["group_id"], members)
+    if ctx.version <= 2:
+        return {"throttle_time_ms": 0, "error_code": results[0] if results else error}
+    return {"throttle_time_ms": 0, "error_code": error, "members": [
+        {"member_id": member_id, "group_instance_id": instance_id, "error_code": code}
+        for (member_id, instance_id), code in zip(members, results, strict=True)]}
+
+
+async def list_groups(ctx: RequestContext, request: Message) -> Message:
+    states = {s.lower() for s in request.get("states_filter") or []}
+    types = {t.lower() for t in request.get("types_filter") or []}
+    groups = []
+    for group in ctx.broker.groups.groups.values():
+        if states and group.state.lower() not in states:
+            continue
+        if types and "classic" not in types:
+            continue
+        groups.append({"group_id": group.group_id, "protocol_type": group.protocol_type or "",
+                       "group_state": group.state, "group_type": "classic"})
+    return {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "groups": groups}
+
+
+async def describe_groups(ctx: RequestContext, request: Message) -> Message:
+    out = []
+    for group_id in request["groups"]:
+        group = ctx.broker.groups.groups.get(group_id)
+        if group is None:
+            out.append({"error_code": ErrorCode.NONE, "group_id": group_id, "group_state": "Dead",
+                        "protocol_type": "", "protocol_data": "", "members": []})
+            continue
+        out.append({
+            "error_code": ErrorCode.NONE, "group_id": group_id, "group_state": group.state,
+            "protocol_type": group.protocol_type or "", "protocol_data": group.protocol_name or "",
+            "members": [{"member_id": m.member_id, "group_instance_id": m.group_instance_id,
+                         "client_id": m.client_id, "client_host": m.client_host,
+                         "member_metadata": m.metadata_for(group.protocol_name or ""),
+                         "member_assignment": m.assignment} for m in group.members.values()],
+        })
+    return {"throttle_time_ms": 0, "groups": out}
+
+
+async def delete_groups(ctx: RequestContext, request: Message) -> Message:
+    results = []
+    for group_id in request["groups_names"]:
+        results.append({"group_id": group_id, "error_code": await ctx.broker.groups.delete_group(group_id)})
+    return {"throttle_time_ms": 0, "results": results}
+
+
+FIND_COORDINATOR = Api(10, "FindCoordinator", 0, 6, find_coordinator)
+JOIN_GROUP = Api(11, "JoinGroup", 0, 9, join_group)
+HEARTBEAT = Api(12, "Heartbeat", 0, 4, heartbeat)
+LEAVE_GROUP = Api(13, "LeaveGroup", 0, 5, leave_group)
+SYNC_GROUP = Api(14, "SyncGroup", 0, 5, sync_group)
+DESCRIBE_GROUPS = Api(15, "DescribeGroups", 0, 5, describe_groups)
+LIST_GROUPS = Api(16, "ListGroups", 0, 5, list_groups)
+DELETE_GROUPS = Api(42, "DeleteGroups", 0, 2, delete_groups)
+APIS = (FIND_COORDINATOR, JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS, DELETE_GROUPS)
