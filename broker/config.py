@@ -36,6 +36,13 @@ class Settings:
     segment_bytes: int = field(default=8 * MiB, metadata={"help": "target size of a segment object"})
     tail_cache_bytes: int = field(default=128 * MiB, metadata={"help": "memory for recent batches served without object-store reads"})
     max_unflushed_bytes: int = field(default=256 * MiB, metadata={"help": "produce waits when this much is not yet in segments"})
+    s3_endpoint: str = field(default="", metadata={"help": "S3 endpoint URL (MinIO, SeaweedFS, AWS); empty = local filesystem store under --data-dir"})
+    bucket: str = field(default="keel", metadata={"help": "S3 bucket (created if missing)"})
+    prefix: str = field(default="", metadata={"help": "key prefix of this cluster inside the bucket"})
+    region: str = field(default="us-east-1", metadata={"help": "S3 region"})
+    wal: str = field(default="file", metadata={"help": "WAL engine: file (fsync group commit) or object (one PUT per group commit, no local state)"})
+    wal_object_linger_ms: int = field(default=5, metadata={"help": "object WAL: longest wait to fill one WAL object"})
+    wal_object_max_bytes: int = field(default=4 * MiB, metadata={"help": "object WAL: WAL object size that triggers a PUT at once"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
 
     @property

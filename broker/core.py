@@ -16,20 +16,18 @@ import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from broker.config import Settings
 from broker.group_coordinator import GroupCoordinator
 from broker.partition_log import PartitionLog, TailBatch
 from broker.segment_reader import SegmentReader
+from broker.storage import build_object_store, build_wal
 from broker.topic_configs import TopicConfig
 from metadata.store import GroupOffsetsStore, MetadataStore, TopicExistsError, TopicRecord
-from objectstore.base import ObjectStore
-from objectstore.localfs import LocalFSObjectStore
+from objectstore.base import ObjectStore, TransientError
 from protocol import records
 from protocol.errors import ErrorCode
 from wal.base import WalError, WriteAheadLog
-from wal.file import FileWriteAheadLog
 
 log = logging.getLogger("keel.broker")
 
@@ -56,10 +54,8 @@ class Broker:
     def __init__(self, settings: Settings, store: ObjectStore | None = None,
                  wal: WriteAheadLog | None = None) -> None:
         self.settings = settings
-        data_dir = Path(settings.data_dir)
-        self.store = store or LocalFSObjectStore(data_dir / "objects")
-        self.wal = wal or FileWriteAheadLog(data_dir / "wal", segment_bytes=settings.wal_segment_bytes,
-                                            sync=settings.wal_fsync)
+        self.store = store or build_object_store(settings)
+        self.wal = wal or build_wal(settings, self.store)
         self.meta = MetadataStore(self.store)
         self.segments = SegmentReader(self.store)
         self.groups = GroupCoordinator(GroupOffsetsStore(self.meta))
@@ -81,7 +77,15 @@ class Broker:
     # Start-up and shutdown -------------------------------------------------
 
     async def start(self) -> None:
-        self.cluster_id = await self.meta.ensure_cluster()
+        delay = 0.5
+        while True:
+            try:
+                self.cluster_id = await self.meta.ensure_cluster()
+                break
+            except TransientError as exc:
+                log.warning("object store unreachable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         for record in (await self.meta.load_topics()).values():
             await self._load_topic(record)
         await self.groups.start()

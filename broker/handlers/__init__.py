@@ -1,6 +1,7 @@
 """The registry of served APIs: one module per API family, each declaring its version range."""
 
 from broker.handlers import (
+    admin,
     api_versions,
     fetch,
     groups,
@@ -26,5 +27,6 @@ APIS: dict[int, Api] = {
         producer_ids.API,
         *groups.APIS,
         *offsets.APIS,
+        *admin.APIS,
     )
 }
