@@ -43,6 +43,7 @@ class Settings:
     wal: str = field(default="file", metadata={"help": "WAL engine: file (fsync group commit) or object (one PUT per group commit, no local state)"})
     wal_object_linger_ms: int = field(default=5, metadata={"help": "object WAL: longest wait to fill one WAL object"})
     wal_object_max_bytes: int = field(default=4 * MiB, metadata={"help": "object WAL: WAL object size that triggers a PUT at once"})
+    retention_check_interval_ms: int = field(default=5000, metadata={"help": "how often retention.ms/retention.bytes are applied"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
 
     @property

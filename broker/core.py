@@ -10,21 +10,30 @@ that was acknowledged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from broker.config import Settings
 from broker.group_coordinator import GroupCoordinator
 from broker.partition_log import PartitionLog, TailBatch
+from broker.retention import retention_start
 from broker.segment_reader import SegmentReader
 from broker.storage import build_object_store, build_wal
 from broker.topic_configs import TopicConfig
-from metadata.store import GroupOffsetsStore, MetadataStore, TopicExistsError, TopicRecord
-from objectstore.base import ObjectStore, TransientError
+from metadata.store import (
+    GroupOffsetsStore,
+    Manifest,
+    MetadataStore,
+    SegmentRef,
+    TopicExistsError,
+    TopicRecord,
+)
+from objectstore.base import ObjectStore, ObjectStoreError, TransientError
 from protocol import records
 from protocol.errors import ErrorCode
 from wal.base import WalError, WriteAheadLog
@@ -122,7 +131,7 @@ class Broker:
             header = records.read_header(batch)
             if header.last_offset < plog.next_offset:
                 continue  # already in a segment
-            if header.base_offset != plog.next_offset:
+            if not header.base_offset <= plog.next_offset <= header.last_offset + 1:
                 log.error("WAL gap in %s-%d: expected offset %d, found %d", name, partition,
                           plog.next_offset, header.base_offset)
             plog.add(TailBatch(header.base_offset, header.last_offset, header.max_timestamp, batch,
@@ -308,6 +317,52 @@ class Broker:
             if isinstance(exc, WalError):
                 for plog in self.logs.values():
                     plog.wake()
+
+    # Manifests, retention, DeleteRecords ------------------------------------------
+
+    async def update_manifest(self, plog: PartitionLog, change: Callable[[Manifest], Manifest]) -> Manifest:
+        """Applies ``change`` to the partition's current manifest and commits it (conditional write).
+
+        One update at a time per partition, so the flusher and log-start moves never overwrite
+        each other."""
+        async with plog.manifest_lock:
+            updated = change(plog.manifest)
+            etag = await self.meta.commit_manifest(updated, plog.manifest_etag)
+            plog.manifest, plog.manifest_etag = updated, etag
+            return updated
+
+    async def advance_log_start(self, plog: PartitionLog, offset: int) -> int:
+        """Moves the log start offset forward to ``offset`` and deletes the segment objects wholly below it."""
+        doomed: list[SegmentRef] = []
+
+        def change(manifest: Manifest) -> Manifest:
+            start = max(manifest.log_start_offset, offset)
+            doomed[:] = [s for s in manifest.segments if s.last_offset < start]
+            kept = [s for s in manifest.segments if s.last_offset >= start]
+            return dataclasses.replace(manifest, log_start_offset=start, segments=kept)
+
+        updated = await self.update_manifest(plog, change)
+        if doomed:
+            for segment in doomed:
+                self.segments.forget(segment.key)
+            try:
+                await self.store.delete_many([s.key for s in doomed])
+            except ObjectStoreError as exc:  # the manifest no longer names them; a later sweep can remove them
+                log.warning("could not delete %d segment objects of %s-%d: %s", len(doomed), plog.topic.name,
+                            plog.partition, exc)
+        plog.evict_below(updated.log_start_offset)
+        log.info("%s-%d: log start offset now %d (%d segment objects deleted)", plog.topic.name, plog.partition,
+                 updated.log_start_offset, len(doomed))
+        return updated.log_start_offset
+
+    async def enforce_retention(self, now_ms: int) -> None:
+        for (name, _p), plog in list(self.logs.items()):
+            config = self.topic_configs.get(name)
+            if config is None:
+                continue
+            start = retention_start(plog.manifest.segments, plog.log_start_offset, config, now_ms)
+            if start > plog.log_start_offset:
+                await self.advance_log_start(plog, start)
 
     # Producer ids ---------------------------------------------------------------
 

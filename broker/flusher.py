@@ -44,11 +44,18 @@ class Flusher:
         self._wakeup.set()
 
     async def run(self) -> None:
+        next_retention = time.monotonic()
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), TICK_SECONDS)
             self._wakeup.clear()
             await self._round(force=False)
+            if time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + self.broker.settings.retention_check_interval_ms / 1000
+                try:
+                    await self.broker.enforce_retention(int(time.time() * 1000))
+                except Exception:  # noqa: BLE001 - retried at the next interval
+                    log.exception("applying retention failed")
         await self._round(force=True)
 
     async def _round(self, force: bool) -> None:
@@ -82,8 +89,8 @@ class Flusher:
         if broker.logs.get((plog.topic.name, plog.partition)) is not plog:
             return  # topic deleted meanwhile
         parts, footer = build_segment([b.data for b in batches])
-        manifest = plog.manifest
-        key = broker.meta.segment_key(plog.topic.topic_id, plog.partition, footer.base_offset, manifest.leader_epoch)
+        key = broker.meta.segment_key(plog.topic.topic_id, plog.partition, footer.base_offset,
+                                      plog.manifest.leader_epoch)
         body = b"".join(parts)
         try:
             await broker.store.put(key, body)
@@ -93,10 +100,8 @@ class Flusher:
         ref = SegmentRef(base_offset=footer.base_offset, last_offset=footer.last_offset, key=key,
                          size=len(body), max_timestamp=footer.max_timestamp,
                          first_timestamp=min(b.max_timestamp for b in batches))
-        updated = dataclasses.replace(manifest, segments=[*manifest.segments, ref],
-                                      producers=plog.producers.snapshot())
-        etag = await broker.meta.commit_manifest(updated, plog.manifest_etag)
-        plog.manifest, plog.manifest_etag = updated, etag
+        await broker.update_manifest(plog, lambda m: dataclasses.replace(
+            m, segments=[*m.segments, ref], producers=plog.producers.snapshot()))
         flushed = sum(len(b.data) for b in batches)
         plog.mark_flushed(ref, flushed, _keep_bytes(broker))
         broker.unflushed_bytes -= flushed

@@ -45,7 +45,7 @@ class PartitionLog:
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     unflushed_bytes: int = 0
     tail_bytes: int = 0
-    flushing: bool = False
+    manifest_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     def from_manifest(cls, topic: TopicRecord, partition: int, manifest: Manifest, etag: str | None) -> PartitionLog:
@@ -168,6 +168,16 @@ class PartitionLog:
         if found == len(history) - 1:
             return history[found][0], self.high_watermark
         return history[found][0], history[found + 1][1]
+
+    def evict_below(self, offset: int) -> None:
+        """Drops flushed tail batches that lie wholly below ``offset`` (the new log start)."""
+        tail = self.tail
+        drop = 0
+        while drop < len(tail) and tail[drop].last_offset < min(offset, self.flushed_offset):
+            self.tail_bytes -= len(tail[drop].data)
+            drop += 1
+        if drop:
+            del tail[:drop]
 
     def segment_for(self, offset: int) -> SegmentRef | None:
         segments = self.manifest.segments

@@ -154,9 +154,9 @@ class KafkaServer:
             return CLOSE
         if not api.min_version <= version <= api.max_version:
             advertised_low, _ = api.advertised_range
-            if api.unsupported is not None and (api_key == API_VERSIONS_KEY or advertised_low <= version):
+            if api.unsupported is not None and version >= 0 and (api_key == API_VERSIONS_KEY or advertised_low <= version):
                 try:
-                    return api.unsupported(version, frame) if version >= 0 else CLOSE
+                    return api.unsupported(version, frame)
                 except DecodeError as exc:
                     log.warning("closing %s: malformed %s v%d request: %s", peer, api.name, version, exc)
                     return CLOSE

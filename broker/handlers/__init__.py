@@ -3,6 +3,7 @@
 from broker.handlers import (
     admin,
     api_versions,
+    delete_records,
     fetch,
     groups,
     list_offsets,
@@ -25,6 +26,7 @@ APIS: dict[int, Api] = {
         topics.CREATE_TOPICS,
         topics.DELETE_TOPICS,
         producer_ids.API,
+        delete_records.API,
         *groups.APIS,
         *offsets.APIS,
         *admin.APIS,
