@@ -44,6 +44,8 @@ class Settings:
     wal_object_linger_ms: int = field(default=5, metadata={"help": "object WAL: longest wait to fill one WAL object"})
     wal_object_max_bytes: int = field(default=4 * MiB, metadata={"help": "object WAL: WAL object size that triggers a PUT at once"})
     retention_check_interval_ms: int = field(default=5000, metadata={"help": "how often retention.ms/retention.bytes are applied"})
+    block_cache_bytes: int = field(default=64 * MiB, metadata={"help": "memory for cached segment blocks (cold reads)"})
+    read_ahead_blocks: int = field(default=2, metadata={"help": "blocks (1 MiB) fetched ahead for sequential cold reads"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
 
     @property

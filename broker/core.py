@@ -66,7 +66,8 @@ class Broker:
         self.store = store or build_object_store(settings)
         self.wal = wal or build_wal(settings, self.store)
         self.meta = MetadataStore(self.store)
-        self.segments = SegmentReader(self.store)
+        self.segments = SegmentReader(self.store, cache_bytes=settings.block_cache_bytes,
+                                      read_ahead=settings.read_ahead_blocks)
         self.groups = GroupCoordinator(GroupOffsetsStore(self.meta))
         self.cluster_id = ""
         self.topics: dict[str, TopicRecord] = {}
@@ -214,7 +215,7 @@ class Broker:
             manifest, etag = await self.meta.load_manifest(record.topic_id, p)
             if self.topics.get(name) is not record:
                 return  # deleted meanwhile
-            self.logs.setdefault((name, p), PartitionLog.from_manifest(record, p, manifest, etag))
+            pass
         # Updated in place so every PartitionLog's ``topic`` stays this very record.
         record.partitions = max(record.partitions, new_count)
         log.info("topic %s now has %d partitions", name, record.partitions)
