@@ -215,7 +215,7 @@ class Broker:
             manifest, etag = await self.meta.load_manifest(record.topic_id, p)
             if self.topics.get(name) is not record:
                 return  # deleted meanwhile
-            pass
+            self.logs.setdefault((name, p), PartitionLog.from_manifest(record, p, manifest, etag))
         # Updated in place so every PartitionLog's ``topic`` stays this very record.
         record.partitions = max(record.partitions, new_count)
         log.info("topic %s now has %d partitions", name, record.partitions)

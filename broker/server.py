@@ -166,7 +166,8 @@ class KafkaServer:
         flexible = is_flexible(api_key, version)
         try:
             header, pos = read_request_header(frame, flexible)
-            request = request_codec(api_key, version).decode(frame[pos:])
+            # Like Kafka, ignore bytes after the last field (librdkafka sends some with Metadata v12).
+            request, _end = request_codec(api_key, version).read(frame, pos)
         except DecodeError as exc:
             log.warning("closing %s: malformed %s v%d request (correlation %d): %s", peer, api.name, version,
                         correlation_id, exc)

@@ -16,17 +16,17 @@ each field's declared default when a key is missing.  Why this and not the
 from __future__ import annotations
 
 import functools
-import importlib.resources
+import importlib.util
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from protocol import primitives as p
 from protocol.primitives import DecodeError
 
-SCHEMA_PACKAGE = "kafka.protocol.schemas.resources"
 _COMMENT = re.compile(r"^\s*//.*$", re.M)
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
@@ -91,8 +91,17 @@ class MessageSpec:
     fields: list[FieldSpec]
 
 
+@functools.cache
+def _schema_dir() -> Path:
+    """Where the definitions live, found without importing kafka-python itself (slow, noisy)."""
+    spec = importlib.util.find_spec("kafka")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("kafka-python (which ships Kafka's message definitions) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "protocol" / "schemas" / "resources"
+
+
 def _load_json(name: str) -> dict[str, Any]:
-    text = importlib.resources.files(SCHEMA_PACKAGE).joinpath(name + ".json").read_text("utf-8")
+    text = (_schema_dir() / (name + ".json")).read_text("utf-8")
     return json.loads(_COMMENT.sub("", text))
 
 
@@ -172,7 +181,7 @@ def message_spec(name: str) -> MessageSpec:
 def api_names() -> dict[int, str]:
     """API key -> API name (e.g. 0 -> "Produce"), from the shipped definitions."""
     names = {}
-    for entry in importlib.resources.files(SCHEMA_PACKAGE).iterdir():
+    for entry in sorted(_schema_dir().iterdir()):
         if entry.name.endswith("Request.json"):
             raw = json.loads(_COMMENT.sub("", entry.read_text("utf-8")))
             if "apiKey" in raw:
