@@ -6,11 +6,8 @@ write+fsync is in flight rides on the next one.  Each append therefore waits
 about one fsync, however many run concurrently.
 
 On disk the log is a directory of segment files named after the position of
-their first entry (``00000000000000000042.wal``).  Each entry is::
-
-    magic u8 | payload length u32 | position u64 | crc32c u32 | payload
-
-(big endian; the CRC32C covers magic, length, position and payload).  A new file
+their first entry (``00000000000000000042.wal``), holding entries framed as
+:mod:`wal.framing` defines (a fixed header with a CRC-32C, then the payload).  A new file
 is started once the active one holds ``segment_bytes`` or more; the previous
 file is fsynced before the new one is created, and the directory is fsynced
 after, so only the last file can have a torn tail after a crash.
@@ -29,23 +26,18 @@ import asyncio
 import bisect
 import logging
 import os
-import struct
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import crc32c
-
 from wal.base import Buffer, WalEntry, WalError, WriteAheadLog
+from wal.framing import HEADER_SIZE, MAX_PAYLOAD, entry_header, nbytes, scan_entries
+
+__all__ = ["HEADER_SIZE", "FileWriteAheadLog", "segment_name"]
 
 log = logging.getLogger(__name__)
 
-MAGIC = 0xA7
-_CHECKED = struct.Struct(">BIQ")  # magic, payload length, position: the CRC covers these
-_HEADER = struct.Struct(">BIQI")  # ... followed by the crc32c
-HEADER_SIZE = _HEADER.size
-MAX_PAYLOAD = 0xFFFF_FFFF
 SUFFIX = ".wal"
 _NAME_DIGITS = 20
 
@@ -74,40 +66,6 @@ def _parse_segment_name(name: str) -> int | None:
     if not name.endswith(SUFFIX) or len(stem) != _NAME_DIGITS or not (stem.isascii() and stem.isdigit()):
         return None
     return int(stem)
-
-
-def _nbytes(buf: Buffer) -> int:
-    return buf.nbytes if isinstance(buf, memoryview) else len(buf)
-
-
-def _scan(data: bytes, position: int, out: list[WalEntry]) -> tuple[int, int, str | None]:
-    """Append the valid entries of one file to ``out``.
-
-    Returns (byte offset where valid data ends, next position, why it ended
-    early or None if the whole file is valid).
-    """
-    view = memoryview(data)
-    size = len(data)
-    offset = 0
-    while offset < size:
-        if size - offset < HEADER_SIZE:
-            return offset, position, "truncated header"
-        magic, length, entry_position, crc = _HEADER.unpack_from(data, offset)
-        if magic != MAGIC:
-            return offset, position, f"bad magic byte 0x{magic:02x}"
-        if entry_position != position:
-            return offset, position, f"position {entry_position} where {position} was expected"
-        body = offset + HEADER_SIZE
-        end = body + length
-        if end > size:
-            return offset, position, f"truncated payload ({size - body} of {length} bytes)"
-        actual = crc32c.crc32c(view[body:end], crc32c.crc32c(view[offset : offset + _CHECKED.size]))
-        if actual != crc:
-            return offset, position, "checksum mismatch"
-        out.append(WalEntry(position, bytes(view[body:end])))
-        position += 1
-        offset = end
-    return offset, position, None
 
 
 def _writev_all(fd: int, bufs: list[Buffer], lens: list[int]) -> int:
@@ -210,7 +168,7 @@ class FileWriteAheadLog(WriteAheadLog):
                 self._quarantine(files[index:])
                 break
             data = path.read_bytes()
-            valid_end, next_position, problem = _scan(data, start, entries)
+            valid_end, next_position, problem = scan_entries(data, start, entries)
             kept.append(start)
             self._active_size = valid_end
             if problem is not None:
@@ -288,7 +246,9 @@ class FileWriteAheadLog(WriteAheadLog):
         if isinstance(parts, bytes | bytearray | memoryview):
             raise TypeError("parts must be a sequence of buffers, not a single buffer")
         parts = tuple(parts)
-        length = sum(_nbytes(part) for part in parts)
+        length = 0
+        for part in parts:
+            length += nbytes(part)
         if length > MAX_PAYLOAD:
             raise ValueError(f"WAL payload of {length} bytes exceeds {MAX_PAYLOAD}")
         position = self._next_position
@@ -359,13 +319,10 @@ class FileWriteAheadLog(WriteAheadLog):
                 fsyncs += self._datasync(self._fd)
                 self._roll(position)
                 created += 1
-            crc = crc32c.crc32c(_CHECKED.pack(MAGIC, length, position))
-            for part in parts:
-                crc = crc32c.crc32c(part, crc)
-            bufs.append(_HEADER.pack(MAGIC, length, position, crc))
+            bufs.append(entry_header(position, parts, length))
             lens.append(HEADER_SIZE)
             for part in parts:
-                size = _nbytes(part)
+                size = nbytes(part)
                 if size:
                     bufs.append(part)
                     lens.append(size)
