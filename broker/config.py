@@ -46,6 +46,11 @@ class Settings:
     retention_check_interval_ms: int = field(default=5000, metadata={"help": "how often retention.ms/retention.bytes are applied"})
     block_cache_bytes: int = field(default=64 * MiB, metadata={"help": "memory for cached segment blocks (cold reads)"})
     read_ahead_blocks: int = field(default=2, metadata={"help": "blocks (1 MiB) fetched ahead for sequential cold reads"})
+    lease_ms: int = field(default=1500, metadata={"help": "broker lease: partitions move this long after a broker stops renewing"})
+    lease_renew_ms: int = field(default=250, metadata={"help": "how often a broker renews its lease"})
+    lease_margin_ms: int = field(default=250, metadata={"help": "safety margin for clock-rate drift: stop acknowledging this long before the lease expires"})
+    controller_interval_ms: int = field(default=100, metadata={"help": "how often the controller and the assignment watcher look for changes"})
+    shutdown_timeout_ms: int = field(default=10_000, metadata={"help": "graceful shutdown: longest wait for partitions to move to other brokers"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
 
     @property

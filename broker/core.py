@@ -10,22 +10,28 @@ that was acknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
-import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from broker import wal_entry
 from broker.config import Settings
+from broker.controller import Controller
 from broker.group_coordinator import GroupCoordinator
+from broker.leadership import Leadership
+from broker.membership import Membership, wall_ms
 from broker.partition_log import PartitionLog, TailBatch
 from broker.retention import retention_start
 from broker.segment_reader import SegmentReader
-from broker.storage import build_object_store, build_wal
+from broker.storage import build_object_store, build_wal, wal_base
 from broker.topic_configs import TopicConfig
+from metadata.cluster import Assignments, BrokerRegistration, ClusterStore
 from metadata.store import (
+    ConflictError,
     GroupOffsetsStore,
     Manifest,
     MetadataStore,
@@ -40,8 +46,8 @@ from wal.base import WalError, WriteAheadLog
 
 log = logging.getLogger("keel.broker")
 
-_WAL_HEADER = struct.Struct(">B16si")  # entry version, topic id, partition
-WAL_ENTRY_VERSION = 1
+TOPIC_REFRESH_ROUNDS = 10
+LEADER_WAIT_POLL_SECONDS = 0.01
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 PRODUCER_ID_BLOCK = 1000
 
@@ -64,8 +70,18 @@ class Broker:
                  wal: WriteAheadLog | None = None) -> None:
         self.settings = settings
         self.store = store or build_object_store(settings)
-        self.wal = wal or build_wal(settings, self.store)
+        self.wal: WriteAheadLog | None = wal  # built once the incarnation is known, unless given
         self.meta = MetadataStore(self.store)
+        self.cluster = ClusterStore(self.meta)
+        self.membership = Membership(self.cluster, settings, wal_base(settings))
+        self.controller = Controller(self)
+        self.leadership = Leadership(self)
+        self.cluster_brokers: dict[int, BrokerRegistration] = {}
+        self.assignments = Assignments()
+        self.leaving = False
+        self.wal_floor: int | None = None
+        self._topics_dirty = False
+        self._cluster_task: asyncio.Task[None] | None = None
         self.segments = SegmentReader(self.store, cache_bytes=settings.block_cache_bytes,
                                       read_ahead=settings.read_ahead_blocks)
         self.groups = GroupCoordinator(GroupOffsetsStore(self.meta))
@@ -96,54 +112,91 @@ class Broker:
                 log.warning("object store unreachable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        for record in (await self.meta.load_topics()).values():
-            await self._load_topic(record)
-        await self.groups.start()
-        entries = await self.wal.open()
-        replayed = self._replay(entries)
-        log.info("broker %d: cluster %s, %d topics, %d partitions, %d WAL entries replayed",
-                 self.settings.broker_id, self.cluster_id, len(self.topics), len(self.logs), replayed)
+        incarnation = await self.membership.register()
+        if self.wal is None:
+            self.wal = build_wal(self.settings, self.store, incarnation)
+        await self.wal.open()
+        await self.refresh_topics()
+        self.membership.start()
         from broker.flusher import Flusher  # noqa: PLC0415 (flusher imports this module)
 
         self.flusher = Flusher(self)
         self._flusher = asyncio.create_task(self.flusher.run(), name="keel-flusher")
+        self._cluster_task = asyncio.create_task(self._cluster_loop(), name="keel-cluster")
+        log.info("broker %d (incarnation %d): cluster %s, %d topics", self.settings.broker_id, incarnation,
+                 self.cluster_id, len(self.topics))
 
-    async def _load_topic(self, record: TopicRecord) -> None:
+    async def _cluster_loop(self) -> None:
+        """Registrations, topics, the controller's decisions, and this broker's share of them."""
+        interval = self.settings.controller_interval_ms / 1000
+        rounds = 0
+        while not self.stopping:
+            try:
+                self.cluster_brokers = await self.cluster.read_brokers()
+                if rounds % TOPIC_REFRESH_ROUNDS == 0 or self._topics_dirty:
+                    self._topics_dirty = False
+                    await self.refresh_topics()
+                await self.controller.tick()
+                if not self.controller.active:
+                    assignments, _etag = await self.cluster.read_assignments()
+                    self.on_assignments(assignments)
+            except Exception:  # noqa: BLE001 - the next round starts over from stored state
+                log.exception("cluster round failed")
+            if self.membership.fenced or (self.membership.registration is not None
+                                          and not self.membership.lease_valid() and self.logs):
+                self.leadership.resign_all("lease lost")
+            rounds += 1
+            self.controller.wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.controller.wakeup.wait(), interval)
+
+    def on_assignments(self, assignments: Assignments) -> None:
+        self.assignments = assignments
+        known = {t.topic_id for t in self.topics.values()}
+        if any(key.rpartition("/")[0] not in known for key in assignments.partitions):
+            self._topics_dirty = True
+        self.leadership.reconcile(assignments)
+
+    def serve_partition(self, plog: PartitionLog) -> None:
+        self.logs[(plog.topic.name, plog.partition)] = plog
+        self.unflushed_bytes += plog.unflushed_bytes
+
+    async def refresh_topics(self) -> None:
+        """Brings the topic table up to date with ``meta/topics/`` (topics made or changed elsewhere)."""
+        stored = await self.meta.load_topics()
+        for name, record in stored.items():
+            current = self.topics.get(name)
+            if current is None or current.topic_id != record.topic_id:
+                self._load_topic(record)
+            elif current.partitions != record.partitions or current.configs != record.configs:
+                current.partitions = max(current.partitions, record.partitions)
+                current.configs = record.configs
+                self.topic_configs[name] = TopicConfig.from_configs(record.configs, self.settings)
+        for name in [n for n in self.topics if n not in stored and n not in self._creating]:
+            self._forget_topic(name)
+
+    def _load_topic(self, record: TopicRecord) -> None:
         self.topics[record.name] = record
         self.topic_configs[record.name] = TopicConfig.from_configs(record.configs, self.settings)
         self.topic_names_by_id[record.topic_id_bytes] = record.name
-        for p in range(record.partitions):
-            manifest, etag = await self.meta.load_manifest(record.topic_id, p)
-            self.logs[(record.name, p)] = PartitionLog.from_manifest(record, p, manifest, etag)
 
-    def _replay(self, entries: Iterable[object]) -> int:
-        replayed = 0
-        now = time.monotonic()
-        for entry in entries:
-            payload = memoryview(entry.payload)  # type: ignore[attr-defined]
-            version, topic_id, partition = _WAL_HEADER.unpack_from(payload, 0)
-            if version != WAL_ENTRY_VERSION:
-                raise RuntimeError(f"unknown WAL entry version {version}")
-            name = self.topic_names_by_id.get(topic_id)
-            plog = self.logs.get((name, partition)) if name else None
-            if plog is None:
-                continue  # topic deleted since
-            batch = bytes(payload[_WAL_HEADER.size:])
-            header = records.read_header(batch)
-            if header.last_offset < plog.next_offset:
-                continue  # already in a segment
-            if not header.base_offset <= plog.next_offset <= header.last_offset + 1:
-                log.error("WAL gap in %s-%d: expected offset %d, found %d", name, partition,
-                          plog.next_offset, header.base_offset)
-            plog.add(TailBatch(header.base_offset, header.last_offset, header.max_timestamp, batch,
-                               wal_position=entry.position, durable=True, appended_at=now))  # type: ignore[attr-defined]
-            plog.producers.record(header.producer_id, header.producer_epoch, header.base_sequence,
-                                  header.last_sequence, header.base_offset, header.last_offset)
-            self.unflushed_bytes += len(batch)
-            replayed += 1
-        return replayed
+    def _forget_topic(self, name: str) -> None:
+        record = self.topics.pop(name, None)
+        self.topic_configs.pop(name, None)
+        if record is not None:
+            self.topic_names_by_id.pop(record.topic_id_bytes, None)
+        for (topic, _p), plog in list(self.logs.items()):
+            if topic == name:
+                self.leadership.resign(plog, "topic deleted")
 
     async def stop(self) -> None:
+        """Graceful: hand partitions to other brokers (or flush them), then give up the lease."""
+        self.leaving = True
+        await self.membership.leave()
+        self.controller.wakeup.set()
+        deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
+        while self.logs and time.monotonic() < deadline and self._others_live():
+            await asyncio.sleep(0.05)
         self.stopping = True
         await self.groups.stop()
         if self._flusher is not None:
@@ -152,8 +205,21 @@ class Broker:
                 await asyncio.wait_for(self._flusher, timeout=30)
             except (TimeoutError, asyncio.CancelledError):
                 log.warning("flusher did not finish in time; the WAL keeps the unflushed data")
-        await self.wal.close()
+        if self._cluster_task is not None:
+            self._cluster_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cluster_task
+        await self.leadership.wait_idle()
+        await self.controller.release()
+        await self.membership.stop(expire=True)
+        if self.wal is not None:
+            await self.wal.close()
         await self.store.close()
+
+    def _others_live(self) -> bool:
+        now = wall_ms()
+        me = self.settings.broker_id
+        return any(b.live(now) for b in self.cluster_brokers.values() if b.broker_id != me)
 
     # Topics -----------------------------------------------------------------
 
@@ -167,9 +233,10 @@ class Broker:
         self._creating[name] = future
         try:
             record = await self.meta.create_topic(name, partitions, configs)
-            await self._load_topic(record)
+            self._load_topic(record)
             future.set_result(record)
             log.info("created topic %s (%d partitions, id %s)", name, partitions, record.topic_id)
+            await self.wait_for_leaders(record)
             return record
         except BaseException as exc:
             future.set_exception(exc)
@@ -196,29 +263,67 @@ class Broker:
         except TopicExistsError:
             return self.topics.get(name)
 
+    async def wait_for_leaders(self, record: TopicRecord, timeout: float = 5.0) -> bool:
+        """Waits (bounded) until the controller has given every partition of the topic a leader."""
+        self.controller.wakeup.set()
+        deadline = time.monotonic() + timeout
+        me, incarnation = self.settings.broker_id, self.membership.incarnation
+        while time.monotonic() < deadline:
+            ready = True
+            for p in range(record.partitions):
+                a = self.assignments.partitions.get(Assignments.key(record.topic_id, p))
+                if a is None or (a.leader == me and a.incarnation == incarnation
+                                 and (record.name, p) not in self.logs):
+                    ready = False
+                    break
+            if ready:
+                return True
+            await asyncio.sleep(LEADER_WAIT_POLL_SECONDS)
+        return False
+
     async def delete_topic(self, name: str) -> None:
-        record = self.topics.pop(name)
-        self.topic_configs.pop(name, None)
-        self.topic_names_by_id.pop(record.topic_id_bytes, None)
-        for p in range(record.partitions):
-            plog = self.logs.pop((name, p), None)
-            if plog is not None:
-                self.unflushed_bytes -= plog.unflushed_bytes
-                plog.wake()
+        record = self.topics[name]
+        self._forget_topic(name)
         await self.meta.delete_topic(record)
+        self.controller.wakeup.set()
         log.info("deleted topic %s", name)
 
     async def add_partitions(self, name: str, new_count: int) -> None:
-        """Serves partitions up to ``new_count`` of a topic whose stored record already says so."""
+        """Takes note that a topic (whose stored record already says so) has ``new_count`` partitions;
+        the controller gives the new ones leaders."""
         record = self.topics[name]
-        for p in range(record.partitions, new_count):
-            manifest, etag = await self.meta.load_manifest(record.topic_id, p)
-            if self.topics.get(name) is not record:
-                return  # deleted meanwhile
-            self.logs.setdefault((name, p), PartitionLog.from_manifest(record, p, manifest, etag))
         # Updated in place so every PartitionLog's ``topic`` stays this very record.
         record.partitions = max(record.partitions, new_count)
         log.info("topic %s now has %d partitions", name, record.partitions)
+        await self.wait_for_leaders(record)
+
+    def live_brokers(self) -> list[BrokerRegistration]:
+        """Brokers clients may talk to (this one always included while it runs)."""
+        now = wall_ms()
+        brokers = {b.broker_id: b for b in self.cluster_brokers.values() if b.live(now)}
+        me = self.membership.registration
+        if me is not None and not self.leaving:
+            brokers[me.broker_id] = me
+        return sorted(brokers.values(), key=lambda b: b.broker_id)
+
+    def controller_id(self) -> int:
+        """The controller named to clients: a live broker (they send CreateTopics and InitProducerId there)."""
+        holder = self.controller.lease.broker_id if self.controller.active and self.controller.lease else None
+        live = self.live_brokers()
+        if holder is not None:
+            return holder
+        return live[0].broker_id if live else self.settings.broker_id
+
+    def partition_error(self, topic: str | None, partition: int) -> ErrorCode:
+        """Why this broker does not serve the partition: unknown, or led by another broker."""
+        record = self.topics.get(topic or "")
+        if record is None or not 0 <= partition < record.partitions:
+            return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        return ErrorCode.NOT_LEADER_OR_FOLLOWER
+
+    def partition_exists(self, topic: str | None, partition: int) -> bool:
+        record = self.topics.get(topic or "")
+        return record is not None and 0 <= partition < record.partitions
 
     def partition(self, topic: str, partition: int) -> PartitionLog | None:
         return self.logs.get((topic, partition))
@@ -239,6 +344,8 @@ class Broker:
         original is already durable)."""
         if self.failed is not None:
             return AppendResult(ErrorCode.KAFKA_STORAGE_ERROR, message="write-ahead log failed")
+        if plog.resigned or plog.handing_over or not self.membership.lease_valid():
+            return AppendResult(ErrorCode.NOT_LEADER_OR_FOLLOWER, message="not the leader any more")
         if data is None or len(data) == 0:
             return AppendResult(ErrorCode.INVALID_RECORD, message="no records")
         config = self.topic_configs[plog.topic.name]
@@ -271,10 +378,11 @@ class Broker:
                               header.last_sequence, base_offset, last_offset)
         plog.add(tail_batch)
         self.unflushed_bytes += len(batch)
-        wal_header = _WAL_HEADER.pack(WAL_ENTRY_VERSION, plog.topic.topic_id_bytes, plog.partition)
+        wal_header = wal_entry.encode_header(plog.topic.topic_id_bytes, plog.partition, plog.manifest.leader_epoch)
         result = AppendResult(ErrorCode.NONE, base_offset, append_time if append_time is not None else -1,
                               plog.log_start_offset)
         done: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        assert self.wal is not None
         durable = self.wal.submit([wal_header, batch])
         durable.add_done_callback(lambda f: self._on_durable(f, plog, tail_batch, result, done))
         return done
@@ -289,7 +397,11 @@ class Broker:
             return
         plog.mark_durable(batch, future.result())
         if not done.done():
-            done.set_result(result)
+            # Fencing: acknowledge only while this broker is certainly still the leader.
+            if plog.resigned or not self.membership.lease_valid():
+                done.set_result(AppendResult(ErrorCode.NOT_LEADER_OR_FOLLOWER, message="leadership lost"))
+            else:
+                done.set_result(result)
 
     def _duplicate(self, plog: PartitionLog, original: tuple[int, int]) -> AppendResult | asyncio.Future[AppendResult]:
         base, last = original
@@ -327,8 +439,18 @@ class Broker:
         One update at a time per partition, so the flusher and log-start moves never overwrite
         each other."""
         async with plog.manifest_lock:
-            updated = change(plog.manifest)
-            etag = await self.meta.commit_manifest(updated, plog.manifest_etag)
+            while True:
+                updated = change(plog.manifest)
+                try:
+                    etag = await self.meta.commit_manifest(updated, plog.manifest_etag)
+                    break
+                except ConflictError:
+                    stored, etag = await self.meta.load_manifest(plog.topic.topic_id, plog.partition)
+                    if (stored.leader_epoch != plog.manifest.leader_epoch or stored.leader != self.settings.broker_id
+                            or stored.leader_incarnation != self.membership.incarnation):
+                        self.leadership.resign(plog, f"fenced: the manifest is at epoch {stored.leader_epoch}")
+                        raise
+                    plog.manifest, plog.manifest_etag = stored, etag
             plog.manifest, plog.manifest_etag = updated, etag
             return updated
 

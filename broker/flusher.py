@@ -84,10 +84,14 @@ class Flusher:
         await self._trim_wal()
         broker.flush_progress.set()
 
-    async def flush_partition(self, plog: PartitionLog, batches: list[TailBatch]) -> None:
+    async def flush_partition(self, plog: PartitionLog, batches: list[TailBatch], *,
+                              require_current: bool = True) -> None:
+        """Writes ``batches`` as one segment object and commits it to the manifest.
+
+        ``require_current=False`` is for a partition being taken over, not yet served."""
         broker = self.broker
-        if broker.logs.get((plog.topic.name, plog.partition)) is not plog:
-            return  # topic deleted meanwhile
+        if require_current and broker.logs.get((plog.topic.name, plog.partition)) is not plog:
+            return  # resigned or deleted meanwhile
         parts, footer = build_segment([b.data for b in batches])
         key = broker.meta.segment_key(plog.topic.topic_id, plog.partition, footer.base_offset,
                                       plog.manifest.leader_epoch)
@@ -104,7 +108,8 @@ class Flusher:
             m, segments=[*m.segments, ref], producers=plog.producers.snapshot()))
         flushed = sum(len(b.data) for b in batches)
         plog.mark_flushed(ref, flushed, _keep_bytes(broker))
-        broker.unflushed_bytes -= flushed
+        if broker.logs.get((plog.topic.name, plog.partition)) is plog:
+            broker.unflushed_bytes -= flushed
         self.stats["segments"] += 1
         self.stats["bytes"] += len(body)
         log.debug("flushed %s-%d offsets %d..%d (%d bytes) to %s", plog.topic.name, plog.partition,
@@ -112,8 +117,11 @@ class Flusher:
 
     async def _trim_wal(self) -> None:
         broker = self.broker
+        assert broker.wal is not None
         positions = [p for plog in broker.logs.values()
                      if (p := plog.oldest_unflushed_wal_position()) is not None and p >= 0]
+        if broker.wal_floor is not None:
+            positions.append(broker.wal_floor)  # entries a new leader may still have to replay
         await broker.wal.trim(min(positions, default=broker.wal.next_position))
 
 

@@ -189,10 +189,16 @@ class GroupCoordinator:
                 return JoinResult(ErrorCode.FENCED_INSTANCE_ID)
             if not member_id or old_id is None:
                 new_id = f"{group_instance_id}-{uuid.uuid4()}"
+                leader_before = group.leader
                 if old_id is not None:
                     self._replace_static(group, old_id, new_id)
                 member_id = new_id
                 group.static_members[group_instance_id] = member_id
+                if old_id is not None and group.state == STABLE:
+                    rejoined = self._static_rejoin(group, member_id, leader_before, session_timeout_ms,
+                                                   rebalance_timeout_ms, protocols)
+                    if rejoined is not None:
+                        return rejoined
         elif not member_id:
             member_id = f"{client_id or 'member'}-{uuid.uuid4()}"
             if require_known_member_id:
@@ -222,6 +228,25 @@ class GroupCoordinator:
         self._prepare_rebalance(group, f"member {member_id} joined")
         self._maybe_complete_join(group)
         return await waiter
+
+    def _static_rejoin(self, group: Group, member_id: str, leader_before: str | None, session_timeout_ms: int,
+                       rebalance_timeout_ms: int, protocols: list[tuple[str, bytes]]) -> JoinResult | None:
+        """A known static member restarted while the group is stable (KIP-345): it gets its old
+        assignment back in the current generation and nobody rebalances -- unless its new
+        protocols would change the group's protocol, then None (the caller rebalances)."""
+        member = group.members[member_id]
+        member.protocols = protocols
+        member.session_timeout_ms = session_timeout_ms
+        member.rebalance_timeout_ms = rebalance_timeout_ms
+        member.last_seen = time.monotonic()
+        if group.select_protocol() != group.protocol_name:
+            return None
+        log.info("group %s: static member %s rejoined as %s without a rebalance", group.group_id,
+                 member.group_instance_id, member_id)
+        # The leader id from before the replacement, as Kafka answers: a restarted leader must not
+        # compute a new assignment that a stable group would never hand out.
+        return JoinResult(ErrorCode.NONE, group.generation, group.protocol_type, group.protocol_name,
+                          leader_before or "", member_id, [])
 
     def _replace_static(self, group: Group, old_id: str, new_id: str) -> None:
         old = group.members.pop(old_id, None)

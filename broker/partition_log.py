@@ -46,6 +46,8 @@ class PartitionLog:
     unflushed_bytes: int = 0
     tail_bytes: int = 0
     manifest_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    resigned: bool = False
+    handing_over: bool = False
 
     @classmethod
     def from_manifest(cls, topic: TopicRecord, partition: int, manifest: Manifest, etag: str | None) -> PartitionLog:

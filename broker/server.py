@@ -28,6 +28,7 @@ from protocol.schema import is_flexible, request_codec, response_codec
 log = logging.getLogger("keel.server")
 MAX_IN_FLIGHT = 32
 MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
 CLOSE = object()  # a handler's verdict: close this connection
 API_VERSIONS_KEY = 18
 
@@ -48,6 +49,22 @@ class KafkaServer:
             self._inflight_freed.clear()
             await self._inflight_freed.wait()
         self._inflight_bytes += size
+
+    async def _read_frame(self, reader: asyncio.StreamReader, size: int) -> bytes:
+        """Reads a frame, reserving memory only for bytes that actually arrive: a client that declares
+        a large frame and sends little holds little."""
+        chunks = []
+        reserved = 0
+        try:
+            while reserved < size:
+                n = min(READ_CHUNK, size - reserved)
+                await self._reserve(n)
+                reserved += n
+                chunks.append(await reader.readexactly(n))
+        except BaseException:
+            self._release(reserved)
+            raise
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _release(self, size: int) -> None:
         self._inflight_bytes -= size
@@ -93,12 +110,7 @@ class KafkaServer:
                 if size < 8 or size > limit:
                     log.warning("closing %s: request frame of %d bytes (allowed 8..%d)", peer, size, limit)
                     break
-                await self._reserve(size)
-                try:
-                    frame = await reader.readexactly(size)
-                except BaseException:
-                    self._release(size)
-                    raise
+                frame = await self._read_frame(reader, size)
                 task = asyncio.create_task(self._handle(memoryview(frame), peer))
                 task.add_done_callback(lambda _t, n=size: self._release(n))
                 await queue.put(task)

@@ -11,6 +11,7 @@ from objectstore.localfs import LocalFSObjectStore
 from wal.base import WriteAheadLog
 from wal.file import FileWriteAheadLog
 from wal.object import ObjectWriteAheadLog
+from wal.reader import wal_location
 
 WAL_ENGINES = ("file", "object")
 
@@ -33,11 +34,23 @@ def build_object_store(settings: Settings) -> ObjectStore:
     )
 
 
-def build_wal(settings: Settings, store: ObjectStore) -> WriteAheadLog:
+def wal_base(settings: Settings) -> dict[str, str]:
+    """Where this broker's WALs live (one sub-location per incarnation), as other brokers will read them."""
     if settings.wal == "file":
-        return FileWriteAheadLog(Path(settings.data_dir) / "wal", segment_bytes=settings.wal_segment_bytes,
-                                 sync=settings.wal_fsync)
+        return {"engine": "file", "base": str((Path(settings.data_dir) / "wal").resolve())}
     if settings.wal == "object":
-        return ObjectWriteAheadLog(store, f"wal/{settings.broker_id}", linger_ms=settings.wal_object_linger_ms,
-                                   max_bytes=settings.wal_object_max_bytes)
+        return {"engine": "object", "base": f"wal/{settings.broker_id}"}
     raise ValueError(f"unknown WAL engine {settings.wal!r}; choose one of {', '.join(WAL_ENGINES)}")
+
+
+def build_wal(settings: Settings, store: ObjectStore, incarnation: int) -> WriteAheadLog:
+    location = wal_location(**_location_args(settings, incarnation))
+    if location["engine"] == "file":
+        return FileWriteAheadLog(location["path"], segment_bytes=settings.wal_segment_bytes, sync=settings.wal_fsync)
+    return ObjectWriteAheadLog(store, location["prefix"], linger_ms=settings.wal_object_linger_ms,
+                               max_bytes=settings.wal_object_max_bytes)
+
+
+def _location_args(settings: Settings, incarnation: int) -> dict[str, object]:
+    base = wal_base(settings)
+    return {"engine": base["engine"], "base": base["base"], "incarnation": incarnation}

@@ -39,6 +39,7 @@ class BrokerRegistration:
 @dataclass(slots=True)
 class ControllerLease:
     broker_id: int
+    incarnation: int
     epoch: int
     expiry_ms: int
 
@@ -47,6 +48,7 @@ class ControllerLease:
 class PartitionAssignment:
     leader: int
     epoch: int
+    incarnation: int
     moving_to: int = -1  # a live handover in progress: the leader flushes, then hands over
 
 
@@ -127,7 +129,7 @@ class ClusterStore:
     async def write_assignments(self, assignments: Assignments, etag: str | None) -> str:
         key = self.meta.key("meta", "assignments.json")
         data = json.dumps({"version": assignments.version, "controller_epoch": assignments.controller_epoch,
-                           "partitions": {k: [a.leader, a.epoch, a.moving_to]
+                           "partitions": {k: [a.leader, a.epoch, a.incarnation, a.moving_to]
                                           for k, a in sorted(assignments.partitions.items())}},
                           separators=(",", ":")).encode()
         try:

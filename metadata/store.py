@@ -66,6 +66,12 @@ class Manifest:
     producers: dict[str, Any] = field(default_factory=dict)
     # Leader epoch history: [epoch, first offset written in that epoch], oldest first.
     epochs: list[list[int]] = field(default_factory=list)
+    # Leadership, written by the controller: the leader broker and incarnation, where its WAL is, and
+    # the WALs (with the epoch written there) whose unflushed entries the leader must replay first.
+    leader: int = -1
+    leader_incarnation: int = 0
+    leader_wal: dict[str, Any] | None = None
+    replay_from: list[list[Any]] = field(default_factory=list)
 
     @property
     def next_offset(self) -> int:

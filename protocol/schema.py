@@ -214,7 +214,7 @@ def _scalar_codec(type_name: str, flexible: bool) -> tuple[p.Reader, p.Writer]:
     raise ValueError(f"unsupported type {type_name}")
 
 
-def _array_codec(element: tuple[p.Reader, p.Writer], flexible: bool) -> tuple[p.Reader, p.Writer]:
+def _array_codec(element: tuple[p.Reader, p.Writer], flexible: bool, nullable: bool) -> tuple[p.Reader, p.Writer]:
     read_element, write_element = element
     read_len = p.read_compact_array_length if flexible else p.read_array_length
     write_len = p.write_compact_array_length if flexible else p.write_array_length
@@ -222,6 +222,8 @@ def _array_codec(element: tuple[p.Reader, p.Writer], flexible: bool) -> tuple[p.
     def read(buf: Any, pos: int) -> tuple[list[Any] | None, int]:
         count, pos = read_len(buf, pos)
         if count < 0:
+            if not nullable:
+                raise DecodeError("null for a non-nullable array")
             return None, pos
         if count > len(buf) - pos:
             raise DecodeError("array length exceeds buffer")
@@ -251,7 +253,7 @@ def _field_codec(spec: FieldSpec, version: int, flexible: bool) -> tuple[p.Reade
     else:
         element = _scalar_codec(spec.element_type, flexible)
     if spec.is_array:
-        return _array_codec(element, flexible)
+        return _array_codec(element, flexible, version in spec.nullable)
     if spec.is_struct and version in spec.nullable:
         return _nullable_struct(element)
     return element

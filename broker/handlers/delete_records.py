@@ -22,7 +22,7 @@ async def handle(ctx: RequestContext, request: Message) -> Message:
             plog = broker.partition(topic["name"], index)
             result = {"partition_index": index, "low_watermark": -1, "error_code": ErrorCode.NONE}
             if plog is None:
-                result["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                result["error_code"] = broker.partition_error(topic["name"], index)
             else:
                 offset = plog.high_watermark if part["offset"] == -1 else part["offset"]
                 if offset < 0 or offset > plog.high_watermark:

@@ -53,7 +53,8 @@ async def _collect(ctx: RequestContext, request: Message, names: list[str | None
             index = part["partition"]
             plog = broker.partition(name, index) if name else None
             if plog is None:
-                error = ErrorCode.UNKNOWN_TOPIC_ID if name is None and ctx.version >= 13 else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                error = (ErrorCode.UNKNOWN_TOPIC_ID if name is None and ctx.version >= 13
+                         else broker.partition_error(name, index))
                 partitions.append(_partition_result(index, error))
                 errors = True
                 continue

@@ -25,7 +25,7 @@ async def handle(ctx: RequestContext, request: Message) -> Message:
             result = {"partition_index": index, "error_code": ErrorCode.NONE, "timestamp": -1, "offset": -1,
                       "leader_epoch": -1, "old_style_offsets": []}
             if plog is None:
-                result["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                result["error_code"] = broker.partition_error(name, index)
             else:
                 result["leader_epoch"] = plog.manifest.leader_epoch
                 ts = part["timestamp"]

@@ -9,24 +9,30 @@ from __future__ import annotations
 
 from broker.core import valid_topic_name
 from broker.handlers.base import Api, Message, RequestContext
+from metadata.cluster import Assignments
 from metadata.store import TopicRecord
 from protocol.errors import ErrorCode
 from protocol.primitives import ZERO_UUID
 
 
 def broker_list(ctx: RequestContext) -> list[Message]:
-    settings = ctx.broker.settings
-    return [{"node_id": settings.broker_id, "host": settings.client_host, "port": settings.port, "rack": None}]
+    return [{"node_id": b.broker_id, "host": b.host, "port": b.port, "rack": b.rack}
+            for b in ctx.broker.live_brokers()]
 
 
 def topic_metadata(ctx: RequestContext, record: TopicRecord) -> Message:
-    node = ctx.broker.settings.broker_id
+    live = {b.broker_id for b in ctx.broker.live_brokers()}
     partitions = []
     for p in range(record.partitions):
-        plog = ctx.broker.partition(record.name, p)
-        epoch = plog.manifest.leader_epoch if plog else 0
-        partitions.append({"error_code": 0, "partition_index": p, "leader_id": node, "leader_epoch": epoch,
-                           "replica_nodes": [node], "isr_nodes": [node], "offline_replicas": []})
+        a = ctx.broker.assignments.partitions.get(Assignments.key(record.topic_id, p))
+        if a is None or a.leader not in live:
+            partitions.append({"error_code": ErrorCode.LEADER_NOT_AVAILABLE, "partition_index": p, "leader_id": -1,
+                               "leader_epoch": a.epoch if a else -1, "replica_nodes": [], "isr_nodes": [],
+                               "offline_replicas": []})
+            continue
+        # There are no follower replicas: the object store is the replica.  Clients want the leader listed.
+        partitions.append({"error_code": 0, "partition_index": p, "leader_id": a.leader, "leader_epoch": a.epoch,
+                           "replica_nodes": [a.leader], "isr_nodes": [a.leader], "offline_replicas": []})
     return {"error_code": 0, "name": record.name, "topic_id": record.topic_id_bytes, "is_internal": False,
             "partitions": partitions}
 
@@ -65,7 +71,7 @@ async def handle(ctx: RequestContext, request: Message) -> Message:
         "throttle_time_ms": 0,
         "brokers": broker_list(ctx),
         "cluster_id": broker.cluster_id,
-        "controller_id": broker.settings.broker_id,
+        "controller_id": broker.controller_id(),
         "topics": topics,
     }
 

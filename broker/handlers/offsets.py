@@ -37,7 +37,7 @@ async def offset_commit(ctx: RequestContext, request: Message) -> Message:
             metadata = part.get("committed_metadata")
             if error:
                 codes.append((index, error))
-            elif name is None or broker.partition(name, index) is None:
+            elif not broker.partition_exists(name, index):
                 codes.append((index, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))
             elif metadata is not None and len(metadata.encode()) > MAX_METADATA_BYTES:
                 codes.append((index, ErrorCode.OFFSET_METADATA_TOO_LARGE))
@@ -122,7 +122,7 @@ async def offset_delete(ctx: RequestContext, request: Message) -> Message:
             index = part["partition_index"]
             if topic["name"] in subscribed:
                 code = ErrorCode.GROUP_SUBSCRIBED_TO_TOPIC
-            elif ctx.broker.partition(topic["name"], index) is None:
+            elif not ctx.broker.partition_exists(topic["name"], index):
                 code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
             else:
                 code = ErrorCode.NONE
@@ -143,7 +143,7 @@ async def offset_for_leader_epoch(ctx: RequestContext, request: Message) -> Mess
             result = {"partition": part["partition"], "error_code": ErrorCode.NONE, "leader_epoch": -1,
                       "end_offset": -1}
             if plog is None:
-                result["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                result["error_code"] = ctx.broker.partition_error(topic["topic"], part["partition"])
             else:
                 current = plog.manifest.leader_epoch
                 requested_current = part.get("current_leader_epoch", -1)

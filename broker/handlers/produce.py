@@ -50,7 +50,8 @@ async def handle(ctx: RequestContext, request: Message) -> Message | None:
         for pd in topic["partition_data"]:
             plog = broker.partition(name, pd["index"]) if name else None
             if plog is None:
-                entries.append((pd["index"], AppendResult(unknown)))
+                error = broker.partition_error(name, pd["index"]) if name else unknown
+                entries.append((pd["index"], AppendResult(error)))
             else:
                 entries.append((pd["index"], broker.append(plog, pd["records"])))
 

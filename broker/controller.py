@@ -1,0 +1,239 @@
+"""The controller: one broker at a time (by lease) decides which broker leads which partition.
+
+Every broker runs this loop; only the holder of ``meta/controller.json``
+acts.  It reads the registrations, and
+
+* gives every partition without a live leader a new one -- the least loaded
+  live broker -- only after the old leader's lease has expired: the manifest
+  is rewritten (conditional PUT) with the new leader, the epoch + 1, and the
+  old leader's WAL added to ``replay_from``; that write also fences the old
+  leader, whose own next manifest write now fails;
+* moves partitions away from brokers that are leaving, and towards brokers
+  that have fewer than their share, by asking the current leader to hand
+  over (``moving_to``): the leader stops accepting writes for it, flushes it,
+  and rewrites the manifest itself, so nothing acknowledged is left behind;
+* publishes the result in ``meta/assignments.json``, which every broker polls.
+
+No partition data is copied by any of this: a move rewrites one small
+manifest, and a new leader reads only the unflushed tail of the old leader's
+WAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from broker.membership import wall_ms
+from metadata.cluster import Assignments, BrokerRegistration, ControllerLease, PartitionAssignment
+from metadata.store import ConflictError, TopicRecord
+from objectstore.base import ObjectStoreError
+from wal.reader import wal_location
+
+if TYPE_CHECKING:
+    from broker.core import Broker
+
+log = logging.getLogger("keel.controller")
+MAX_MOVES_PER_ROUND = 8
+
+
+def registration_wal(registration: BrokerRegistration) -> dict[str, object]:
+    wal = registration.wal
+    return wal_location(str(wal.get("engine")), str(wal.get("base")), registration.incarnation)
+
+
+class Controller:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.cluster = broker.cluster
+        self.lease: ControllerLease | None = None
+        self._lease_etag: str | None = None
+        self._lease_valid_until = 0.0
+        self.assignments: Assignments | None = None
+        self._assignments_etag: str | None = None
+        self.wakeup = asyncio.Event()
+        self.stats = {"elections": 0, "handovers_requested": 0, "ticks": 0}
+
+    @property
+    def active(self) -> bool:
+        return self.lease is not None and time.monotonic() < self._lease_valid_until
+
+    async def release(self) -> None:
+        if self.lease is not None and self.active:
+            self.lease.expiry_ms = 0
+            with contextlib.suppress(ObjectStoreError, ConflictError):  # it expires by itself anyway
+                await self.cluster.write_controller(self.lease, self._lease_etag)
+        self.lease = None
+
+    async def _hold_lease(self, brokers: dict[int, BrokerRegistration], now: int) -> bool:
+        broker = self.broker
+        me = broker.settings.broker_id
+        incarnation = broker.membership.incarnation
+        if not broker.membership.lease_valid() or broker.leaving:
+            self.lease = None
+            return False
+        current, etag = await self.cluster.read_controller()
+        holder_live = False
+        if current is not None and current.expiry_ms > now:
+            holder = brokers.get(current.broker_id)
+            holder_live = holder is not None and holder.incarnation == current.incarnation and holder.live(now)
+        mine = current is not None and current.broker_id == me and current.incarnation == incarnation
+        if holder_live and not mine:
+            self.lease = None
+            return False
+        epoch = (current.epoch if current else 0) + (0 if mine else 1)
+        lease = ControllerLease(me, incarnation, epoch, now + broker.settings.lease_ms)
+        sent = time.monotonic()
+        try:
+            self._lease_etag = await self.cluster.write_controller(lease, etag)
+        except ConflictError:
+            self.lease = None
+            return False
+        self._lease_valid_until = sent + (broker.settings.lease_ms - broker.settings.lease_margin_ms) / 1000
+        if not mine or self.lease is None:
+            log.info("broker %d is controller (epoch %d)", me, epoch)
+            self.assignments, self._assignments_etag = await self.cluster.read_assignments()
+        self.lease = lease
+        return True
+
+    async def tick(self) -> None:
+        broker = self.broker
+        self.stats["ticks"] += 1
+        now = wall_ms()
+        brokers = broker.cluster_brokers
+        if not await self._hold_lease(brokers, now):
+            return
+        assert self.assignments is not None
+        assignments = self.assignments
+        live = {b.broker_id: b for b in brokers.values() if b.live(now)}
+        # A broker that is leaving but still holds its lease hands its partitions over itself.
+        draining = {b.broker_id: b for b in brokers.values() if b.leaving and b.lease_expiry_ms > now}
+        topics = {t.topic_id: t for t in broker.topics.values()}
+        wanted = {Assignments.key(t.topic_id, p): (t, p) for t in topics.values() for p in range(t.partitions)}
+        changed = False
+        for key in [k for k in assignments.partitions if k not in wanted]:
+            del assignments.partitions[key]
+            changed = True
+
+        def holder_ok(a: PartitionAssignment, pool: dict[int, BrokerRegistration]) -> bool:
+            reg = pool.get(a.leader)
+            return reg is not None and reg.incarnation == a.incarnation
+
+        load: Counter[int] = Counter({b: 0 for b in live})
+        for a in assignments.partitions.values():
+            if holder_ok(a, live):
+                load[a.leader] += 1
+
+        elections = []
+        for key, (topic, p) in wanted.items():
+            a = assignments.partitions.get(key)
+            if a is not None and (holder_ok(a, live) or holder_ok(a, draining)):
+                continue
+            if not live:
+                break
+            target = min(live, key=lambda b: (load[b], b))
+            load[target] += 1
+            elections.append((key, topic, p, live[target]))
+        if elections:
+            results = await asyncio.gather(*(self._elect(t, p, reg) for _, t, p, reg in elections),
+                                           return_exceptions=True)
+            for (key, _t, _p, reg), result in zip(elections, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("electing a leader for %s failed: %s", key, result)
+                    continue
+                assignments.partitions[key] = PartitionAssignment(reg.broker_id, result, reg.incarnation)
+                changed = True
+
+        changed |= await self._progress_moves(assignments, live, wanted)
+        changed |= self._plan_moves(assignments, live, draining, load)
+        if changed:
+            assignments.version += 1
+            assignments.controller_epoch = self.lease.epoch if self.lease else 0
+            try:
+                self._assignments_etag = await self.cluster.write_assignments(assignments, self._assignments_etag)
+            except ConflictError:
+                log.warning("assignments changed under the controller; re-reading")
+                self.assignments, self._assignments_etag = await self.cluster.read_assignments()
+                return
+            broker.on_assignments(assignments)
+
+    async def _elect(self, topic: TopicRecord, partition: int, target: BrokerRegistration) -> int:
+        """Makes ``target`` the leader in the manifest (fencing the old one); returns the new epoch."""
+        meta = self.broker.meta
+
+        def change(manifest: object) -> object:
+            replay = list(manifest.replay_from)  # type: ignore[attr-defined]
+            if manifest.leader >= 0 and manifest.leader_wal:  # type: ignore[attr-defined]
+                replay.append([manifest.leader_wal, manifest.leader_epoch])  # type: ignore[attr-defined]
+            return dataclasses.replace(
+                manifest, leader=target.broker_id, leader_incarnation=target.incarnation,  # type: ignore[type-var]
+                leader_epoch=manifest.leader_epoch + 1, leader_wal=registration_wal(target),  # type: ignore[attr-defined]
+                replay_from=replay)
+
+        while True:
+            manifest, etag = await meta.load_manifest(topic.topic_id, partition)
+            updated = change(manifest)
+            try:
+                await meta.commit_manifest(updated, etag)  # type: ignore[arg-type]
+            except ConflictError:
+                continue
+            self.stats["elections"] += 1
+            log.info("%s-%d: leader %d (incarnation %d), epoch %d", topic.name, partition, target.broker_id,
+                     target.incarnation, updated.leader_epoch)  # type: ignore[attr-defined]
+            return int(updated.leader_epoch)  # type: ignore[attr-defined]
+
+    async def _progress_moves(self, assignments: Assignments, live: dict[int, BrokerRegistration],
+                              wanted: dict[str, tuple[TopicRecord, int]]) -> bool:
+        changed = False
+        for key, a in list(assignments.partitions.items()):
+            if a.moving_to < 0:
+                continue
+            target = live.get(a.moving_to)
+            if target is None:
+                a.moving_to = -1
+                changed = True
+                continue
+            topic, p = wanted[key]
+            manifest, _etag = await self.broker.meta.load_manifest(topic.topic_id, p)
+            if manifest.leader == target.broker_id and manifest.leader_incarnation == target.incarnation:
+                assignments.partitions[key] = PartitionAssignment(target.broker_id, manifest.leader_epoch,
+                                                                  target.incarnation)
+                changed = True
+        return changed
+
+    def _plan_moves(self, assignments: Assignments, live: dict[int, BrokerRegistration],
+                    draining: dict[int, BrokerRegistration], load: Counter[int]) -> bool:
+        if not live:
+            return False
+        changed = False
+        moving = sum(1 for a in assignments.partitions.values() if a.moving_to >= 0)
+        for a in assignments.partitions.values():  # leaving brokers first
+            if moving >= MAX_MOVES_PER_ROUND:
+                return changed
+            if a.moving_to < 0 and a.leader in draining and a.leader not in live:
+                target = min(live, key=lambda b: (load[b], b))
+                load[target] += 1
+                a.moving_to = target
+                moving += 1
+                changed = True
+                self.stats["handovers_requested"] += 1
+        if moving:
+            return changed
+        counts = Counter({b: 0 for b in live})
+        for a in assignments.partitions.values():
+            if a.leader in live and live[a.leader].incarnation == a.incarnation:
+                counts[a.leader] += 1
+        busiest = max(counts, key=lambda b: (counts[b], -b))
+        idlest = min(counts, key=lambda b: (counts[b], b))
+        if counts[busiest] - counts[idlest] > 1:
+            for a in sorted(assignments.partitions.values(), key=lambda a: -a.epoch):
+                if a.leader == busiest and a.moving_to < 0:
+                    a.moving_to = idlest
+                    self.stats["handovers_requested"] += 1
+                    return True
+        return changed

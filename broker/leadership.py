@@ -1,0 +1,213 @@
+"""Taking over, handing over and giving up partition leadership, as the assignment says.
+
+Every broker polls ``meta/assignments.json`` (and the registrations and
+topics) and reconciles what it leads:
+
+* assigned to me at an epoch I do not serve yet -> **take over**: read the
+  manifest (the controller already wrote me in as leader, which fenced the
+  old one), replay the unflushed entries of the WALs listed in
+  ``replay_from`` for this partition and the epochs they were written in,
+  write them as a segment, commit the manifest, and only then serve;
+* led by me but assigned elsewhere -> **resign**: stop serving at once;
+  in-flight writes are answered NOT_LEADER_OR_FOLLOWER, never acknowledged;
+* led by me with ``moving_to`` set -> **hand over**: refuse new writes, wait
+  for in-flight ones, flush everything, write the target into the manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from broker import wal_entry
+from broker.controller import registration_wal
+from broker.partition_log import PartitionLog, TailBatch
+from metadata.cluster import Assignments
+from metadata.store import ConflictError, Manifest, TopicRecord
+from protocol import records
+from wal.base import WalEntry
+from wal.reader import read_wal
+
+if TYPE_CHECKING:
+    from broker.core import Broker
+
+log = logging.getLogger("keel.leadership")
+WAL_CACHE_SECONDS = 5.0
+MAX_PARALLEL_TAKEOVERS = 16
+
+
+class Leadership:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._busy: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wal_cache: dict[str, tuple[float, asyncio.Future[list[WalEntry]]]] = {}
+        self._slots = asyncio.Semaphore(MAX_PARALLEL_TAKEOVERS)
+        self.stats = {"takeovers": 0, "handovers": 0, "resignations": 0, "replayed_batches": 0,
+                      "replayed_bytes": 0, "wal_bytes_read": 0, "segment_bytes_copied": 0}
+
+    def reconcile(self, assignments: Assignments) -> None:
+        broker = self.broker
+        me, incarnation = broker.settings.broker_id, broker.membership.incarnation
+        by_id = {t.topic_id: t for t in broker.topics.values()}
+        for key, a in assignments.partitions.items():
+            topic_id, _, p = key.rpartition("/")
+            topic = by_id.get(topic_id)
+            if topic is None:
+                continue
+            partition = int(p)
+            plog = broker.logs.get((topic.name, partition))
+            mine = a.leader == me and a.incarnation == incarnation
+            if plog is not None and (not mine or plog.manifest.leader_epoch != a.epoch):
+                if not plog.handing_over:
+                    self.resign(plog, "assigned elsewhere" if not mine else "epoch moved on")
+                plog = None if not mine else plog
+            if mine and plog is None and key not in self._busy and broker.membership.lease_valid():
+                self._spawn(key, self.take_over(topic, partition, a.epoch))
+            elif mine and plog is not None and a.moving_to >= 0 and not plog.handing_over and key not in self._busy:
+                self._spawn(key, self.hand_over(plog, a.moving_to))
+        for (name, partition), plog in list(broker.logs.items()):
+            key = Assignments.key(plog.topic.topic_id, partition)
+            if key not in assignments.partitions or name not in broker.topics:
+                self.resign(plog, "no longer assigned")
+
+    def _spawn(self, key: str, work: Any) -> None:
+        self._busy.add(key)
+
+        async def run() -> None:
+            try:
+                async with self._slots:
+                    await work
+            except Exception:  # noqa: BLE001 - the next reconcile retries
+                log.exception("leadership change for %s failed", key)
+            finally:
+                self._busy.discard(key)
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Taking over --------------------------------------------------------------
+
+    async def take_over(self, topic: TopicRecord, partition: int, epoch: int) -> None:
+        broker = self.broker
+        manifest, etag = await broker.meta.load_manifest(topic.topic_id, partition)
+        if (manifest.leader != broker.settings.broker_id or manifest.leader_incarnation != broker.membership.incarnation
+                or manifest.leader_epoch != epoch):
+            return  # the assignment is ahead of or behind the manifest; the next round sees it settled
+        started = time.monotonic()
+        plog = PartitionLog.from_manifest(topic, partition, manifest, etag)
+        replayed = 0
+        for location, source_epoch in manifest.replay_from:
+            for entry in await self._read_wal(location):
+                header, batch_view = wal_entry.decode(entry.payload)
+                if (header.topic_id != topic.topic_id_bytes or header.partition != partition
+                        or header.leader_epoch != source_epoch):
+                    continue
+                batch = bytes(batch_view)
+                if _add_replayed(plog, batch):
+                    replayed += 1
+                    self.stats["replayed_bytes"] += len(batch)
+        self.stats["replayed_batches"] += replayed
+        batches = plog.unflushed_batches()
+        if batches:
+            await broker.flusher.flush_partition(plog, batches, require_current=False)
+        start_offset = plog.next_offset
+        await broker.update_manifest(plog, lambda m: dataclasses.replace(
+            m, replay_from=[], epochs=[*m.epochs, [epoch, start_offset]]))
+        if not broker.membership.lease_valid() or broker.stopping:
+            return
+        broker.serve_partition(plog)
+        self.stats["takeovers"] += 1
+        log.info("%s-%d: serving as leader at epoch %d from offset %d (%d batches replayed in %.0f ms)",
+                 topic.name, partition, epoch, plog.next_offset, replayed, (time.monotonic() - started) * 1000)
+
+    async def _read_wal(self, location: dict[str, Any]) -> list[WalEntry]:
+        key = json.dumps(location, sort_keys=True)
+        now = time.monotonic()
+        cached = self._wal_cache.get(key)
+        if cached is None or now - cached[0] > WAL_CACHE_SECONDS:
+            future: asyncio.Future[list[WalEntry]] = asyncio.ensure_future(read_wal(location, self.broker.store))
+            self._wal_cache[key] = (now, future)
+            for stale in [k for k, (t, _f) in self._wal_cache.items() if now - t > WAL_CACHE_SECONDS]:
+                del self._wal_cache[stale]
+            entries = await future
+            self.stats["wal_bytes_read"] += sum(len(e.payload) for e in entries)
+            return entries
+        return await cached[1]
+
+    # Giving up ---------------------------------------------------------------------
+
+    def resign(self, plog: PartitionLog, reason: str) -> None:
+        broker = self.broker
+        key = (plog.topic.name, plog.partition)
+        if broker.logs.get(key) is plog:
+            del broker.logs[key]
+        if not plog.resigned:
+            position = plog.oldest_unflushed_wal_position()
+            if position is not None and position >= 0:
+                # Unflushed data stays in this WAL for the next leader to replay: never trim it.
+                broker.wal_floor = position if broker.wal_floor is None else min(broker.wal_floor, position)
+            plog.resigned = True
+            broker.unflushed_bytes -= plog.unflushed_bytes
+            plog.wake()
+            self.stats["resignations"] += 1
+            log.info("%s-%d: no longer leader (%s)", plog.topic.name, plog.partition, reason)
+
+    def resign_all(self, reason: str) -> None:
+        for plog in list(self.broker.logs.values()):
+            self.resign(plog, reason)
+
+    async def hand_over(self, plog: PartitionLog, target_id: int) -> None:
+        broker = self.broker
+        target = broker.cluster_brokers.get(target_id)
+        if target is None:
+            return
+        plog.handing_over = True
+        try:
+            while plog.pending and not plog.resigned:
+                waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                plog.waiters.append(waiter)
+                await asyncio.wait_for(waiter, 1.0)
+            if plog.resigned:
+                return
+            batches = plog.unflushed_batches()
+            if batches:
+                await broker.flusher.flush_partition(plog, batches)
+
+            def change(m: Manifest) -> Manifest:
+                return dataclasses.replace(m, leader=target.broker_id, leader_incarnation=target.incarnation,
+                                           leader_epoch=m.leader_epoch + 1, leader_wal=registration_wal(target),
+                                           replay_from=[])
+
+            with contextlib.suppress(ConflictError):
+                await broker.update_manifest(plog, change)
+            self.stats["handovers"] += 1
+            self.resign(plog, f"handed over to broker {target_id}")
+        except BaseException:
+            plog.handing_over = False
+            raise
+
+    async def wait_idle(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _add_replayed(plog: PartitionLog, batch: bytes) -> bool:
+    header = records.read_header(batch)
+    if header.last_offset < plog.next_offset:
+        return False  # already in a segment
+    if header.base_offset > plog.next_offset:
+        log.error("%s-%d: WAL replay found offset %d where %d was expected; the rest is not replayed",
+                  plog.topic.name, plog.partition, header.base_offset, plog.next_offset)
+        return False
+    plog.add(TailBatch(header.base_offset, header.last_offset, header.max_timestamp, batch,
+                       durable=True, appended_at=time.monotonic()))
+    plog.producers.record(header.producer_id, header.producer_epoch, header.base_sequence,
+                          header.last_sequence, header.base_offset, header.last_offset)
+    return True

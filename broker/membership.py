@@ -1,0 +1,127 @@
+"""This broker's registration and lease: the basis of fencing.
+
+On start the broker waits until any previous incarnation's lease has expired
+(that process might only be frozen), then registers a new incarnation.  It
+renews the lease every ``lease_renew_ms``.  ``lease_valid()`` answers whether
+the broker may still acknowledge writes: only while the lease it last renewed
+is certain not to have expired, measured on the local monotonic clock from
+the moment the renewal was *sent*, minus a margin for clock-rate drift.  The
+controller reassigns a broker's partitions only after that lease expired, so
+a broker never acknowledges anything a new leader cannot see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from broker.config import Settings
+from metadata.cluster import BrokerRegistration, ClusterStore
+from metadata.store import ConflictError
+from objectstore.base import ObjectStoreError
+
+log = logging.getLogger("keel.membership")
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Membership:
+    def __init__(self, cluster: ClusterStore, settings: Settings, wal_base: dict[str, Any]) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.wal_base = wal_base  # {"engine": ..., "base": ...}
+        self.incarnation = 0
+        self.registration: BrokerRegistration | None = None
+        self._etag: str | None = None
+        self._valid_until = 0.0
+        self.fenced = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.settings.lease_ms / 1000
+
+    @property
+    def margin_seconds(self) -> float:
+        return self.settings.lease_margin_ms / 1000
+
+    def lease_valid(self) -> bool:
+        return not self.fenced and time.monotonic() < self._valid_until
+
+    async def register(self) -> int:
+        """Waits out an earlier incarnation's lease, then registers a new one; returns its number."""
+        settings = self.settings
+        while True:
+            current, etag = await self.cluster.read_broker(settings.broker_id)
+            now = wall_ms()
+            if current is not None and not current.leaving and current.lease_expiry_ms + settings.lease_margin_ms > now:
+                wait = (current.lease_expiry_ms + settings.lease_margin_ms - now) / 1000
+                log.info("broker %d: incarnation %d's lease runs %.1f s more; waiting", settings.broker_id,
+                         current.incarnation, wait)
+                await asyncio.sleep(min(wait, 1.0) + 0.01)
+                continue
+            incarnation = (current.incarnation if current else 0) + 1
+            registration = BrokerRegistration(
+                broker_id=settings.broker_id, host=settings.client_host, port=settings.port,
+                incarnation=incarnation, lease_expiry_ms=0, wal=self.wal_base)
+            sent = time.monotonic()
+            registration.lease_expiry_ms = wall_ms() + settings.lease_ms
+            try:
+                self._etag = await self.cluster.write_broker(registration, etag)
+            except ConflictError:
+                continue
+            self._valid_until = sent + self.lease_seconds - self.margin_seconds
+            self.registration = registration
+            self.incarnation = incarnation
+            log.info("broker %d registered as incarnation %d at %s:%d", settings.broker_id, incarnation,
+                     registration.host, registration.port)
+            return incarnation
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._renew_loop(), name="keel-lease")
+
+    async def _renew_loop(self) -> None:
+        interval = self.settings.lease_renew_ms / 1000
+        while not self.fenced:
+            await asyncio.sleep(interval)
+            await self.renew()
+
+    async def renew(self, leaving: bool | None = None) -> None:
+        registration = self.registration
+        if registration is None or self.fenced:
+            return
+        sent = time.monotonic()
+        if leaving is not None:
+            registration.leaving = leaving
+        registration.lease_expiry_ms = wall_ms() + self.settings.lease_ms
+        try:
+            self._etag = await self.cluster.write_broker(registration, self._etag)
+            self._valid_until = sent + self.lease_seconds - self.margin_seconds
+        except ConflictError:
+            log.critical("broker %d incarnation %d: registration replaced by another process; fenced",
+                         registration.broker_id, registration.incarnation)
+            self.fenced = True
+        except ObjectStoreError as exc:
+            log.warning("lease renewal failed (%s); valid for %.2f s more", exc,
+                        max(0.0, self._valid_until - time.monotonic()))
+
+    async def leave(self) -> None:
+        """Graceful shutdown: tell the controller to hand this broker's partitions over now."""
+        await self.renew(leaving=True)
+
+    async def stop(self, expire: bool = True) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        registration = self.registration
+        if expire and registration is not None and not self.fenced:
+            registration.leaving = True
+            registration.lease_expiry_ms = 0
+            try:
+                await self.cluster.write_broker(registration, self._etag)
+            except (ConflictError, ObjectStoreError) as exc:
+                log.warning("could not release the lease: %s", exc)
+            self._valid_until = 0.0
