@@ -36,6 +36,7 @@ class Settings:
     segment_bytes: int = field(default=8 * MiB, metadata={"help": "target size of a segment object"})
     tail_cache_bytes: int = field(default=128 * MiB, metadata={"help": "memory for recent batches served without object-store reads"})
     max_unflushed_bytes: int = field(default=256 * MiB, metadata={"help": "produce waits when this much is not yet in segments"})
+    objects_dir: str = field(default="", metadata={"help": "directory of the local-filesystem object store (default: DATA_DIR/objects); brokers sharing it form one cluster"})
     s3_endpoint: str = field(default="", metadata={"help": "S3 endpoint URL (MinIO, SeaweedFS, AWS); empty = local filesystem store under --data-dir"})
     bucket: str = field(default="keel", metadata={"help": "S3 bucket (created if missing)"})
     prefix: str = field(default="", metadata={"help": "key prefix of this cluster inside the bucket"})

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import re
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -117,6 +118,7 @@ class Broker:
             self.wal = build_wal(self.settings, self.store, incarnation)
         await self.wal.open()
         await self.refresh_topics()
+        await self.groups.start()
         self.membership.start()
         from broker.flusher import Flusher  # noqa: PLC0415 (flusher imports this module)
 
@@ -142,6 +144,7 @@ class Broker:
                     self.on_assignments(assignments)
             except Exception:  # noqa: BLE001 - the next round starts over from stored state
                 log.exception("cluster round failed")
+            self.groups.forget_unowned(self.coordinates)
             if self.membership.fenced or (self.membership.registration is not None
                                           and not self.membership.lease_valid() and self.logs):
                 self.leadership.resign_all("lease lost")
@@ -313,6 +316,17 @@ class Broker:
         if holder is not None:
             return holder
         return live[0].broker_id if live else self.settings.broker_id
+
+    def coordinator_for(self, group_id: str) -> BrokerRegistration | None:
+        """The broker that coordinates a consumer group: spread over live brokers by a hash of its id."""
+        live = self.live_brokers()
+        if not live:
+            return None
+        return live[zlib.crc32(group_id.encode()) % len(live)]
+
+    def coordinates(self, group_id: str) -> bool:
+        coordinator = self.coordinator_for(group_id)
+        return coordinator is not None and coordinator.broker_id == self.settings.broker_id
 
     def partition_error(self, topic: str | None, partition: int) -> ErrorCode:
         """Why this broker does not serve the partition: unknown, or led by another broker."""

@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,13 +146,50 @@ class GroupCoordinator:
         self.groups: dict[str, Group] = {}
         self.initial_delay = initial_rebalance_delay_ms / 1000
         self._expiry_task: asyncio.Task[None] | None = None
+        self._loading: dict[str, asyncio.Future[tuple[dict[tuple[str, int], list[Any]], str | None]]] = {}
 
     async def start(self) -> None:
-        for group_id, (offsets, etag) in (await self.store.load_all()).items():
-            group = self.groups[group_id] = Group(group_id)
+        self._expiry_task = asyncio.create_task(self._expire_loop(), name="keel-group-expiry")
+
+    async def load(self, group_id: str) -> Group:
+        """The group, with its committed offsets read from the store when this coordinator first sees it."""
+        group = self.groups.get(group_id)
+        if group is not None:
+            return group
+        loading = self._loading.get(group_id)
+        if loading is None:
+            loading = self._loading[group_id] = asyncio.ensure_future(self.store.read(group_id))
+        try:
+            offsets, etag = await asyncio.shield(loading)
+        finally:
+            self._loading.pop(group_id, None)
+        group = self.groups.get(group_id)
+        if group is None:
+            group = Group(group_id)
             group.offsets = {key: CommittedOffset(*value) for key, value in offsets.items()}
             group.offsets_etag = etag
-        self._expiry_task = asyncio.create_task(self._expire_loop(), name="keel-group-expiry")
+            if etag is not None:  # a group nobody ever committed for does not exist yet
+                self.groups[group_id] = group
+        return group
+
+    async def load_all(self, owned: Callable[[str], bool]) -> None:
+        """Loads every stored group this coordinator owns (for ListGroups)."""
+        for group_id in await self.store.list_ids():
+            if owned(group_id) and group_id not in self.groups:
+                await self.load(group_id)
+
+    def forget_unowned(self, owned: Callable[[str], bool]) -> None:
+        """Drops groups whose coordinator is now another broker; their members will rejoin there."""
+        for group_id in [g for g in self.groups if not owned(g)]:
+            group = self.groups.pop(group_id)
+            if group.rebalance_task is not None:
+                group.rebalance_task.cancel()
+            for member in group.members.values():
+                for waiter in (member.join_waiter, member.sync_waiter):
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(JoinResult(ErrorCode.NOT_COORDINATOR) if waiter is member.join_waiter
+                                          else SyncResult(ErrorCode.NOT_COORDINATOR))
+            log.info("group %s: coordination moved to another broker", group_id)
 
     async def stop(self) -> None:
         if self._expiry_task is not None:

@@ -18,7 +18,7 @@ WAL_ENGINES = ("file", "object")
 
 def build_object_store(settings: Settings) -> ObjectStore:
     if not settings.s3_endpoint:
-        root = Path(settings.data_dir) / "objects"
+        root = Path(settings.objects_dir) if settings.objects_dir else Path(settings.data_dir) / "objects"
         if settings.prefix:
             root = root / settings.prefix.strip("/")
         return LocalFSObjectStore(root)

@@ -224,16 +224,10 @@ class GroupOffsetsStore:
         raw = json.loads(data)
         return raw["group_id"], {(t, int(p)): list(v) for t, p, *v in raw["offsets"]}
 
-    async def load_all(self) -> dict[str, tuple[dict[tuple[str, int], list[Any]], str]]:
-        out = {}
-        for info in await self.meta.store.list(self.meta.key("meta", "groups") + "/"):
-            try:
-                data, etag = await self.meta.store.get_with_etag(info.key)
-            except NotFound:
-                continue
-            group_id, offsets = self._decode(data)
-            out[group_id] = (offsets, etag)
-        return out
+    async def list_ids(self) -> list[str]:
+        prefix = self.meta.key("meta", "groups") + "/"
+        return [urllib.parse.unquote(info.key[len(prefix):-len(".json")])
+                for info in await self.meta.store.list(prefix) if info.key.endswith(".json")]
 
     async def read(self, group_id: str) -> tuple[dict[tuple[str, int], list[Any]], str | None]:
         try:

@@ -9,27 +9,39 @@ from protocol.errors import ErrorCode
 GROUP_KEY_TYPE = 0
 
 
-def _coordinator(ctx: RequestContext) -> tuple[int, str, int]:
-    settings = ctx.broker.settings
-    return settings.broker_id, settings.client_host, settings.port
+async def coordinated(ctx: RequestContext, group_id: str) -> ErrorCode:
+    """NOT_COORDINATOR unless this broker coordinates the group (whose state is then loaded)."""
+    if not ctx.broker.coordinates(group_id):
+        return ErrorCode.NOT_COORDINATOR
+    await ctx.broker.groups.load(group_id)
+    return ErrorCode.NONE
+
+
+def _find(ctx: RequestContext, key: str, key_type: int) -> Message:
+    if key_type != GROUP_KEY_TYPE:
+        return {"error_code": ErrorCode.COORDINATOR_NOT_AVAILABLE, "node_id": -1, "host": "", "port": -1,
+                "error_message": "Keel coordinates consumer groups only (no transactions)"}
+    coordinator = ctx.broker.coordinator_for(key)
+    if coordinator is None:
+        return {"error_code": ErrorCode.COORDINATOR_NOT_AVAILABLE, "node_id": -1, "host": "", "port": -1,
+                "error_message": "no live broker"}
+    return {"error_code": ErrorCode.NONE, "node_id": coordinator.broker_id, "host": coordinator.host,
+            "port": coordinator.port, "error_message": None}
 
 
 async def find_coordinator(ctx: RequestContext, request: Message) -> Message:
-    node_id, host, port = _coordinator(ctx)
     key_type = request.get("key_type", GROUP_KEY_TYPE)
-    error = ErrorCode.NONE if key_type == GROUP_KEY_TYPE else ErrorCode.COORDINATOR_NOT_AVAILABLE
-    message = None if error == ErrorCode.NONE else "Keel coordinates consumer groups only (no transactions)"
     if ctx.version >= 4:
-        return {"throttle_time_ms": 0, "coordinators": [
-            {"key": key, "node_id": node_id if not error else -1, "host": host if not error else "",
-             "port": port if not error else -1, "error_code": error, "error_message": message}
-            for key in request["coordinator_keys"]]}
-    return {"throttle_time_ms": 0, "error_code": error, "error_message": message,
-            "node_id": node_id if not error else -1, "host": host if not error else "",
-            "port": port if not error else -1}
+        return {"throttle_time_ms": 0,
+                "coordinators": [{"key": key, **_find(ctx, key, key_type)} for key in request["coordinator_keys"]]}
+    return {"throttle_time_ms": 0, **_find(ctx, request["key"], key_type)}
 
 
 async def join_group(ctx: RequestContext, request: Message) -> Message:
+    error = await coordinated(ctx, request["group_id"])
+    if error:
+        return {"throttle_time_ms": 0, "error_code": error, "generation_id": -1, "member_id": request["member_id"],
+                "leader": "", "members": []}
     result = await ctx.broker.groups.join(
         group_id=request["group_id"],
         member_id=request["member_id"],
@@ -48,6 +60,9 @@ async def join_group(ctx: RequestContext, request: Message) -> Message:
 
 
 async def sync_group(ctx: RequestContext, request: Message) -> Message:
+    error = await coordinated(ctx, request["group_id"])
+    if error:
+        return {"throttle_time_ms": 0, "error_code": error, "assignment": b""}
     result = await ctx.broker.groups.sync(
         request["group_id"], request["generation_id"], request["member_id"], request.get("group_instance_id"),
         {a["member_id"]: bytes(a["assignment"]) for a in request["assignments"]})
@@ -56,12 +71,18 @@ async def sync_group(ctx: RequestContext, request: Message) -> Message:
 
 
 async def heartbeat(ctx: RequestContext, request: Message) -> Message:
+    error = await coordinated(ctx, request["group_id"])
+    if error:
+        return {"throttle_time_ms": 0, "error_code": error}
     error = ctx.broker.groups.heartbeat(request["group_id"], request["generation_id"], request["member_id"],
                                         request.get("group_instance_id"))
     return {"throttle_time_ms": 0, "error_code": error}
 
 
 async def leave_group(ctx: RequestContext, request: Message) -> Message:
+    error = await coordinated(ctx, request["group_id"])
+    if error:
+        return {"throttle_time_ms": 0, "error_code": error, "members": []}
     if ctx.version <= 2:
         members = [(request["member_id"], None)]
     else:
@@ -75,6 +96,7 @@ async def leave_group(ctx: RequestContext, request: Message) -> Message:
 
 
 async def list_groups(ctx: RequestContext, request: Message) -> Message:
+    await ctx.broker.groups.load_all(ctx.broker.coordinates)
     states = {s.lower() for s in request.get("states_filter") or []}
     types = {t.lower() for t in request.get("types_filter") or []}
     groups = []
@@ -91,6 +113,11 @@ async def list_groups(ctx: RequestContext, request: Message) -> Message:
 async def describe_groups(ctx: RequestContext, request: Message) -> Message:
     out = []
     for group_id in request["groups"]:
+        error = await coordinated(ctx, group_id)
+        if error:
+            out.append({"error_code": error, "group_id": group_id, "group_state": "", "protocol_type": "",
+                        "protocol_data": "", "members": []})
+            continue
         group = ctx.broker.groups.groups.get(group_id)
         if group is None:
             out.append({"error_code": ErrorCode.NONE, "group_id": group_id, "group_state": "Dead",
@@ -110,7 +137,10 @@ async def describe_groups(ctx: RequestContext, request: Message) -> Message:
 async def delete_groups(ctx: RequestContext, request: Message) -> Message:
     results = []
     for group_id in request["groups_names"]:
-        results.append({"group_id": group_id, "error_code": await ctx.broker.groups.delete_group(group_id)})
+        error = await coordinated(ctx, group_id)
+        if not error:
+            error = await ctx.broker.groups.delete_group(group_id)
+        results.append({"group_id": group_id, "error_code": error})
     return {"throttle_time_ms": 0, "results": results}
 
 

@@ -7,6 +7,7 @@ import time
 
 from broker.group_coordinator import MAX_METADATA_BYTES, STABLE, CommittedOffset
 from broker.handlers.base import Api, Message, RequestContext
+from broker.handlers.groups import coordinated
 from protocol.errors import ErrorCode
 from protocol.schema import codec
 
@@ -24,7 +25,7 @@ def _topic_name(ctx: RequestContext, topic: Message) -> str | None:
 async def offset_commit(ctx: RequestContext, request: Message) -> Message:
     broker = ctx.broker
     group_id = request["group_id"]
-    error = broker.groups.validate_commit(group_id, request["generation_id_or_member_epoch"],
+    error = await coordinated(ctx, group_id) or broker.groups.validate_commit(group_id, request["generation_id_or_member_epoch"],
                                           request["member_id"], request.get("group_instance_id"))
     now_ms = int(time.time() * 1000)
     accepted: dict[tuple[str, int], CommittedOffset] = {}
@@ -85,11 +86,15 @@ def _fetch_group(ctx: RequestContext, group_id: str, topics: list[Message] | Non
 
 async def offset_fetch(ctx: RequestContext, request: Message) -> Message:
     if ctx.version <= 7:
-        return {"throttle_time_ms": 0, "error_code": ErrorCode.NONE,
-                "topics": _fetch_group(ctx, request["group_id"], request["topics"])}
-    return {"throttle_time_ms": 0, "groups": [
-        {"group_id": g["group_id"], "error_code": ErrorCode.NONE, "topics": _fetch_group(ctx, g["group_id"], g["topics"])}
-        for g in request["groups"]]}
+        error = await coordinated(ctx, request["group_id"])
+        return {"throttle_time_ms": 0, "error_code": error,
+                "topics": [] if error else _fetch_group(ctx, request["group_id"], request["topics"])}
+    groups = []
+    for g in request["groups"]:
+        error = await coordinated(ctx, g["group_id"])
+        groups.append({"group_id": g["group_id"], "error_code": error,
+                       "topics": [] if error else _fetch_group(ctx, g["group_id"], g["topics"])})
+    return {"throttle_time_ms": 0, "groups": groups}
 
 
 def _subscribed_topics(ctx: RequestContext, group_id: str) -> set[str]:
@@ -110,8 +115,11 @@ def _subscribed_topics(ctx: RequestContext, group_id: str) -> set[str]:
 
 async def offset_delete(ctx: RequestContext, request: Message) -> Message:
     group_id = request["group_id"]
+    error = await coordinated(ctx, group_id)
+    if error:
+        return {"error_code": error, "throttle_time_ms": 0, "topics": []}
     group = ctx.broker.groups.groups.get(group_id)
-    if group is None:
+    if group is None or (not group.offsets and not group.members):
         return {"error_code": ErrorCode.GROUP_ID_NOT_FOUND, "throttle_time_ms": 0, "topics": []}
     subscribed = _subscribed_topics(ctx, group_id)
     deletable = []
