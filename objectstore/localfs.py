@@ -244,6 +244,8 @@ class LocalFSObjectStore(ObjectStore):
     def _write(self, key: str, data: Data, condition: str | None, expected: str | None) -> str:
         segments = self._segments(key)
         path = os.path.join(self._root, *segments)
+        if condition is not None:
+            self._check_condition(key, path, condition, expected)  # cheap early answer for losers
         directory, tmp, fd = self._open_temp(segments)
         renamed = False
         try:
@@ -251,21 +253,7 @@ class LocalFSObjectStore(ObjectStore):
             while view:
                 view = view[os.write(fd, view) :]
             with self._key_lock(key):
-                try:
-                    current: os.stat_result | None = os.stat(path)
-                except (FileNotFoundError, NotADirectoryError):
-                    current = None
-                if current is not None and not stat.S_ISREG(current.st_mode):
-                    if condition == "match":
-                        raise PreconditionFailed(f"{key} does not exist")
-                    raise ObjectStoreError(f"{key}: the path is a directory of other keys")
-                if condition == "absent" and current is not None:
-                    raise PreconditionFailed(f"{key} already exists")
-                if condition == "match":
-                    if current is None:
-                        raise PreconditionFailed(f"{key} does not exist")
-                    if _etag(current) != expected:
-                        raise PreconditionFailed(f"{key} has etag {_etag(current)}, not {expected}")
+                current = self._check_condition(key, path, condition, expected)
                 mtime = max(time.time_ns(), current.st_mtime_ns + 1 if current else 0)
                 os.utime(fd, ns=(mtime, mtime))
                 os.fsync(fd)
@@ -279,6 +267,30 @@ class LocalFSObjectStore(ObjectStore):
             if not renamed:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
+                with contextlib.suppress(OSError):  # keep the original error
+                    self._prune(directory)  # do not leave directories made for a write that failed
+
+    @staticmethod
+    def _check_condition(
+        key: str, path: str, condition: str | None, expected: str | None
+    ) -> os.stat_result | None:
+        """Raise unless a write with ``condition`` may replace what is at ``path``; return its stat."""
+        try:
+            current = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            current = None
+        if current is not None and not stat.S_ISREG(current.st_mode):
+            if condition == "match":
+                raise PreconditionFailed(f"{key} does not exist")
+            raise ObjectStoreError(f"{key}: the path is a directory of other keys")
+        if condition == "absent" and current is not None:
+            raise PreconditionFailed(f"{key} already exists")
+        if condition == "match":
+            if current is None:
+                raise PreconditionFailed(f"{key} does not exist")
+            if _etag(current) != expected:
+                raise PreconditionFailed(f"{key} has etag {_etag(current)}, not {expected}")
+        return current
 
     def _read(self, key: str, start: int, end: int | None) -> tuple[bytes, str]:
         try:

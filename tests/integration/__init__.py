@@ -1,0 +1,1 @@
+"""Integration tests: real Kafka clients against a real ``keel`` broker process."""
