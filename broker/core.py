@@ -28,7 +28,7 @@ from broker.membership import Membership, wall_ms
 from broker.partition_log import PartitionLog, TailBatch
 from broker.retention import retention_start
 from broker.segment_reader import SegmentReader
-from broker.storage import build_object_store, build_wal, wal_base
+from broker.storage import build_object_store, build_wal, remove_old_wals, wal_base
 from broker.topic_configs import TopicConfig
 from metadata.cluster import Assignments, BrokerRegistration, ClusterStore
 from metadata.store import (
@@ -81,6 +81,7 @@ class Broker:
         self.assignments = Assignments()
         self.leaving = False
         self.wal_floor: int | None = None
+        self._old_wals_swept = False
         self._topics_dirty = False
         self._cluster_task: asyncio.Task[None] | None = None
         self.segments = SegmentReader(self.store, cache_bytes=settings.block_cache_bytes,
@@ -148,10 +149,28 @@ class Broker:
             if self.membership.fenced or (self.membership.registration is not None
                                           and not self.membership.lease_valid() and self.logs):
                 self.leadership.resign_all("lease lost")
+            if not self._old_wals_swept and rounds % TOPIC_REFRESH_ROUNDS == 5:
+                await self._sweep_old_wals()
             rounds += 1
             self.controller.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.controller.wakeup.wait(), interval)
+
+    async def _sweep_old_wals(self) -> None:
+        """Deletes this broker's WALs from earlier incarnations once nothing can need them: only when this
+        broker is the whole cluster and has taken over every partition (which replays and clears them).
+        In a larger cluster old WALs stay (see docs/cluster.md)."""
+        me = self.settings.broker_id
+        if set(self.cluster_brokers) - {me} or self.leadership.busy:
+            return
+        keys = {Assignments.key(t.topic_id, p) for t in self.topics.values() for p in range(t.partitions)}
+        served = {Assignments.key(plog.topic.topic_id, plog.partition) for plog in self.logs.values()}
+        if keys - served:
+            return
+        self._old_wals_swept = True
+        removed = await remove_old_wals(self.settings, self.store, self.membership.incarnation)
+        if removed:
+            log.info("removed %d WAL(s) of earlier incarnations", removed)
 
     def on_assignments(self, assignments: Assignments) -> None:
         self.assignments = assignments

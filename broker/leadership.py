@@ -51,6 +51,10 @@ class Leadership:
         self.stats = {"takeovers": 0, "handovers": 0, "resignations": 0, "replayed_batches": 0,
                       "replayed_bytes": 0, "wal_bytes_read": 0, "segment_bytes_copied": 0}
 
+    @property
+    def busy(self) -> bool:
+        return bool(self._busy)
+
     def reconcile(self, assignments: Assignments) -> None:
         broker = self.broker
         me, incarnation = broker.settings.broker_id, broker.membership.incarnation

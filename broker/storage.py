@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 from pathlib import Path
 
 from broker.config import Settings
@@ -54,3 +56,24 @@ def build_wal(settings: Settings, store: ObjectStore, incarnation: int) -> Write
 def _location_args(settings: Settings, incarnation: int) -> dict[str, object]:
     base = wal_base(settings)
     return {"engine": base["engine"], "base": base["base"], "incarnation": incarnation}
+
+
+async def remove_old_wals(settings: Settings, store: ObjectStore, incarnation: int) -> int:
+    """Deletes the WALs of this broker's incarnations before ``incarnation``; returns how many."""
+    base = wal_base(settings)
+    removed = 0
+    if base["engine"] == "file":
+        root = Path(base["base"])
+        for child in (root.iterdir() if root.is_dir() else []):
+            if child.is_dir() and child.name.isdigit() and int(child.name) < incarnation:
+                await asyncio.to_thread(shutil.rmtree, child, True)
+                removed += 1
+        return removed
+    old: dict[str, list[str]] = {}
+    for info in await store.list(base["base"] + "/"):
+        part = info.key[len(base["base"]) + 1:].split("/", 1)[0]
+        if part.isdigit() and int(part) < incarnation:
+            old.setdefault(part, []).append(info.key)
+    for keys in old.values():
+        await store.delete_many(keys)
+    return len(old)
