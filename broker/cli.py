@@ -59,12 +59,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keel", description="Keel: a Kafka-compatible broker on object storage")
     commands = parser.add_subparsers(dest="command", required=True)
     build_parser(commands.add_parser("serve", help="run a broker"))
+    build_parser(commands.add_parser(
+        "cluster", help="show brokers, the controller, and each partition's leader and epoch "
+                        "(reads the same store as `serve` with the same settings)"))
     args = parser.parse_args(argv)
     settings = load_settings(args)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return _run(serve, settings)
+    if args.command == "cluster":
+        from broker.status import print_cluster  # noqa: PLC0415
+
+        return asyncio.run(print_cluster(settings))
     return 2
 
 
