@@ -24,7 +24,11 @@ PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
 # Prerequisites of everything that runs code; append system steps here.
 DEPS := venv
 
-.PHONY: help venv deps run test lint bench clean distclean
+# kcat (Debian) and kafkajs (npm) for the client tests; quiet and idempotent.
+deps-system:
+	bash tools/install-test-deps.sh
+
+.PHONY: help venv deps deps-system run test lint bench clean distclean
 
 help:
 	@echo "make run    - start a broker on 127.0.0.1:9092 with data in ./keel-data (extra flags: ARGS='...')"
@@ -54,7 +58,7 @@ run: deps
 lint: deps
 	$(VENV)/bin/ruff check .
 
-test: deps
+test: deps deps-system
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(ARGS)
 

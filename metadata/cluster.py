@@ -17,8 +17,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from metadata.store import ConflictError, MetadataStore
-from objectstore.base import NotFound, PreconditionFailed
+from metadata.store import MetadataStore
+from objectstore.base import NotFound
 
 
 @dataclass(slots=True)
@@ -79,14 +79,8 @@ class ClusterStore:
         return BrokerRegistration(**json.loads(data)), etag
 
     async def write_broker(self, registration: BrokerRegistration, etag: str | None) -> str:
-        key = self._broker_key(registration.broker_id)
-        data = json.dumps(asdict(registration)).encode()
-        try:
-            if etag is None:
-                return await self.store.put_if_absent(key, data)
-            return await self.store.put_if_match(key, data, etag)
-        except PreconditionFailed as exc:
-            raise ConflictError(key) from exc
+        return await self.meta.conditional_put(self._broker_key(registration.broker_id),
+                                               json.dumps(asdict(registration)).encode(), etag)
 
     async def read_brokers(self) -> dict[int, BrokerRegistration]:
         brokers = {}
@@ -108,14 +102,8 @@ class ClusterStore:
         return ControllerLease(**json.loads(data)), etag
 
     async def write_controller(self, lease: ControllerLease, etag: str | None) -> str:
-        key = self.meta.key("meta", "controller.json")
-        data = json.dumps(asdict(lease)).encode()
-        try:
-            if etag is None:
-                return await self.store.put_if_absent(key, data)
-            return await self.store.put_if_match(key, data, etag)
-        except PreconditionFailed as exc:
-            raise ConflictError(key) from exc
+        return await self.meta.conditional_put(self.meta.key("meta", "controller.json"),
+                                               json.dumps(asdict(lease)).encode(), etag)
 
     async def read_assignments(self) -> tuple[Assignments, str | None]:
         try:
@@ -127,14 +115,8 @@ class ClusterStore:
                            {k: PartitionAssignment(*v) for k, v in raw["partitions"].items()}), etag
 
     async def write_assignments(self, assignments: Assignments, etag: str | None) -> str:
-        key = self.meta.key("meta", "assignments.json")
         data = json.dumps({"version": assignments.version, "controller_epoch": assignments.controller_epoch,
                            "partitions": {k: [a.leader, a.epoch, a.incarnation, a.moving_to]
                                           for k, a in sorted(assignments.partitions.items())}},
                           separators=(",", ":")).encode()
-        try:
-            if etag is None:
-                return await self.store.put_if_absent(key, data)
-            return await self.store.put_if_match(key, data, etag)
-        except PreconditionFailed as exc:
-            raise ConflictError(key) from exc
+        return await self.meta.conditional_put(self.meta.key("meta", "assignments.json"), data, etag)

@@ -100,6 +100,15 @@ class MetadataStore:
     def key(self, *parts: str) -> str:
         return self.prefix + "/".join(parts)
 
+    async def conditional_put(self, key: str, data: bytes, etag: str | None) -> str:
+        """Create-only when ``etag`` is None, else compare-and-swap; ConflictError when it loses."""
+        try:
+            if etag is None:
+                return await self.store.put_if_absent(key, data)
+            return await self.store.put_if_match(key, data, etag)
+        except PreconditionFailed as exc:
+            raise ConflictError(key) from exc
+
     # Cluster ---------------------------------------------------------------
 
     async def ensure_cluster(self) -> str:
@@ -144,11 +153,7 @@ class MetadataStore:
         return TopicRecord(**json.loads(data)), etag
 
     async def update_topic(self, record: TopicRecord, etag: str) -> str:
-        try:
-            return await self.store.put_if_match(self._topic_key(record.name),
-                                                 json.dumps(asdict(record)).encode(), etag)
-        except PreconditionFailed as exc:
-            raise ConflictError(record.name) from exc
+        return await self.conditional_put(self._topic_key(record.name), json.dumps(asdict(record)).encode(), etag)
 
     async def delete_topic(self, record: TopicRecord) -> None:
         """Removes the topic document, then its manifests and data objects."""
@@ -172,13 +177,8 @@ class MetadataStore:
         return Manifest.from_json(data), etag
 
     async def commit_manifest(self, manifest: Manifest, etag: str | None) -> str:
-        key = self._manifest_key(manifest.topic_id, manifest.partition)
-        try:
-            if etag is None:
-                return await self.store.put_if_absent(key, manifest.to_json())
-            return await self.store.put_if_match(key, manifest.to_json(), etag)
-        except PreconditionFailed as exc:
-            raise ConflictError(key) from exc
+        return await self.conditional_put(self._manifest_key(manifest.topic_id, manifest.partition),
+                                          manifest.to_json(), etag)
 
     def segment_key(self, topic_id: str, partition: int, base_offset: int, epoch: int) -> str:
         return self.key("data", topic_id, str(partition), f"{base_offset:020d}-{epoch}.seg")
@@ -240,13 +240,7 @@ class GroupOffsetsStore:
         doc = json.dumps({"group_id": group_id,
                           "offsets": [[t, p, *v] for (t, p), v in sorted(offsets.items())]},
                          separators=(",", ":")).encode()
-        key = self._key(group_id)
-        try:
-            if etag is None:
-                return await self.meta.store.put_if_absent(key, doc)
-            return await self.meta.store.put_if_match(key, doc, etag)
-        except PreconditionFailed as exc:
-            raise ConflictError(key) from exc
+        return await self.meta.conditional_put(self._key(group_id), doc, etag)
 
     async def delete(self, group_id: str) -> None:
         await self.meta.store.delete(self._key(group_id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,27 @@ def wal_location(engine: str, base: str, incarnation: int) -> dict[str, Any]:
 
 async def read_wal(location: dict[str, Any], store: ObjectStore) -> list[WalEntry]:
     if location.get("engine") == "file":
-        return await asyncio.to_thread(_read_file_wal, Path(location["path"]))
-    return await _read_object_wal(store, location["prefix"])
+        directory = Path(location["path"])
+
+        async def read_file(name: str) -> bytes | None:
+            try:
+                return await asyncio.to_thread((directory / name).read_bytes)
+            except FileNotFoundError:  # trimmed meanwhile
+                return None
+
+        names = await asyncio.to_thread(lambda: os.listdir(directory) if directory.is_dir() else [])
+        return await _scan_in_order(names, read_file)
+
+    prefix = location["prefix"].strip("/") + "/"
+
+    async def read_object(name: str) -> bytes | None:
+        try:
+            return await store.get(prefix + name)
+        except NotFound:  # trimmed meanwhile
+            return None
+
+    names = [info.key[len(prefix):] for info in await store.list(prefix)]
+    return await _scan_in_order(names, read_object)
 
 
 def _first_position(name: str) -> int | None:
@@ -38,37 +58,16 @@ def _first_position(name: str) -> int | None:
     return int(stem) if name.endswith(SUFFIX) and stem.isdigit() else None
 
 
-def _read_file_wal(directory: Path) -> list[WalEntry]:
-    if not directory.is_dir():
-        return []
-    files = sorted((p, f) for f in os.listdir(directory) if (p := _first_position(f)) is not None)
+async def _scan_in_order(names: list[str], read: Callable[[str], Awaitable[bytes | None]]) -> list[WalEntry]:
+    """Entries of the WAL pieces named by the position of their first entry, up to the first gap or damage."""
+    pieces = sorted((p, name) for name in names if (p := _first_position(name)) is not None)
     entries: list[WalEntry] = []
     expected: int | None = None
-    for first, name in files:
+    for first, name in pieces:
         if expected is not None and first != expected:
             break
-        try:
-            data = (directory / name).read_bytes()
-        except FileNotFoundError:  # trimmed meanwhile
-            expected = None
-            continue
-        _end, expected, problem = scan_entries(data, first, entries)
-        if problem is not None:
-            break
-    return entries
-
-
-async def _read_object_wal(store: ObjectStore, prefix: str) -> list[WalEntry]:
-    infos = [i for i in await store.list(prefix.strip("/") + "/") if i.key.endswith(SUFFIX)]
-    entries: list[WalEntry] = []
-    expected: int | None = None
-    for info in sorted(infos, key=lambda i: i.key):
-        first = _first_position(info.key.rsplit("/", 1)[1])
-        if first is None or (expected is not None and first != expected):
-            break
-        try:
-            data = await store.get(info.key)
-        except NotFound:
+        data = await read(name)
+        if data is None:
             expected = None
             continue
         _end, expected, problem = scan_entries(data, first, entries)
