@@ -46,7 +46,9 @@ class ProducerStateTable:
             return ACCEPT
         entry = self.producers.get(producer_id)
         if entry is None:
-            return ACCEPT if first_seq == 0 else SequenceCheck(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER)
+            # As Kafka (KIP-360): a producer whose state is gone (e.g. removed with old segments)
+            # may continue at any sequence.
+            return ACCEPT
         if epoch < entry.epoch:
             return SequenceCheck(ErrorCode.INVALID_PRODUCER_EPOCH)
         if epoch > entry.epoch:

@@ -7,10 +7,11 @@ from broker.producer_state import KEPT_BATCHES, MAX_SEQUENCE, ProducerStateTable
 from protocol.errors import ErrorCode
 
 
-def test_first_batch_must_start_at_sequence_zero() -> None:
+def test_unknown_producer_is_accepted_at_any_sequence_then_checked() -> None:
     table = ProducerStateTable()
-    assert table.check(7, 0, 5, 9).error == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
-    assert table.check(7, 0, 0, 4).error == ErrorCode.NONE
+    assert table.check(7, 0, 5, 9).error == ErrorCode.NONE
+    table.record(7, 0, 5, 9, 0, 4)
+    assert table.check(7, 0, 11, 12).error == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
 
 
 def test_retry_of_any_of_the_last_five_batches_returns_its_offsets() -> None:
