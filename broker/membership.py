@@ -40,6 +40,7 @@ class Membership:
         self._valid_until = 0.0
         self.fenced = False
         self._task: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()  # one registration write at a time: they chain on the ETag
 
     @property
     def lease_seconds(self) -> float:
@@ -91,6 +92,10 @@ class Membership:
             await self.renew()
 
     async def renew(self, leaving: bool | None = None) -> None:
+        async with self._write_lock:
+            await self._renew(leaving)
+
+    async def _renew(self, leaving: bool | None) -> None:
         registration = self.registration
         if registration is None or self.fenced:
             return
@@ -118,10 +123,11 @@ class Membership:
             self._task.cancel()
         registration = self.registration
         if expire and registration is not None and not self.fenced:
-            registration.leaving = True
-            registration.lease_expiry_ms = 0
-            try:
-                await self.cluster.write_broker(registration, self._etag)
-            except (ConflictError, ObjectStoreError) as exc:
-                log.warning("could not release the lease: %s", exc)
-            self._valid_until = 0.0
+            async with self._write_lock:
+                registration.leaving = True
+                registration.lease_expiry_ms = 0
+                try:
+                    await self.cluster.write_broker(registration, self._etag)
+                except (ConflictError, ObjectStoreError) as exc:
+                    log.warning("could not release the lease: %s", exc)
+                self._valid_until = 0.0

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from integration.broker_process import BrokerProcess
+from s3server import SeaweedFS
 
 BrokerFactory = Callable[..., BrokerProcess]
 
@@ -85,3 +87,10 @@ def _module_broker_log_on_failure(request: pytest.FixtureRequest) -> Iterator[No
     yield
     if shared is not None and _failed(request.node):
         print(shared.log_tail())
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real S3 server (SeaweedFS) for the whole session; tests use their own bucket prefixes."""
+    with SeaweedFS(tmp_path_factory.mktemp("weed")) as server:
+        yield server

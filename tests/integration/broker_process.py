@@ -90,6 +90,7 @@ class BatchInfo:
     last_offset_delta: int
     magic: int
     attributes: int
+    producer_id: int
     record_count: int
 
     @property
@@ -115,8 +116,9 @@ def _parse_batches(records: bytes) -> list[BatchInfo]:
             break  # a trailing partial batch is allowed by the protocol
         magic = records[pos + 16]
         attributes, last_offset_delta = struct.unpack_from(">hi", records, pos + 21)
+        (producer_id,) = struct.unpack_from(">q", records, pos + 43)
         (record_count,) = struct.unpack_from(">i", records, pos + 57)
-        out.append(BatchInfo(base_offset, last_offset_delta, magic, attributes, record_count))
+        out.append(BatchInfo(base_offset, last_offset_delta, magic, attributes, producer_id, record_count))
         pos = end
     return out
 

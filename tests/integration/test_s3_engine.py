@@ -26,11 +26,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from s3server import SeaweedFS
 
 from objectstore import s3
 from objectstore.base import NotFound, ObjectStoreError, PreconditionFailed, TransientError
 from objectstore.s3 import STAMP_MAGIC, STAMP_SIZE, S3Error, S3ObjectStore
+from s3server import SeaweedFS
 
 MiB = 1024 * 1024
 BUCKET = "keel-test"
