@@ -62,6 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_parser(commands.add_parser(
         "cluster", help="show brokers, the controller, and each partition's leader and epoch "
                         "(reads the same store as `serve` with the same settings)"))
+    commands.add_parser("bench", help="run the end-to-end benchmark (python -m bench --help for its options)",
+                        add_help=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from bench.harness import main as bench_main  # noqa: PLC0415
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     settings = load_settings(args)
     logging.basicConfig(level=settings.log_level.upper(),

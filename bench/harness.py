@@ -1,0 +1,407 @@
+"""``python -m bench``: one end-to-end benchmark run of Keel with its baselines.
+
+One run starts a broker (or uses ``--bootstrap``), measures the baselines
+(disk fsync, librdkafka's mock cluster) and the broker with the same client
+workloads, then prints a table and writes ``bench/results/latest.json``.
+What each figure means and the conventions behind it: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import confluent_kafka
+
+from bench import baselines, report, workload
+from bench.broker_proc import BrokerProcess, read_cpu_seconds, read_memory_kib
+from bench.report import PERCENTILES, Figure, pct_label, percentile
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MIN_PERCENTILE_SAMPLES = 10_000
+MOCK_FETCH_WAIT_MS = 1
+# Past ~4,000 records per partition the mock's consumer stalls for hundreds of ms
+# (observed with librdkafka 2.16; it trims its log there), so its e2e phase is capped.
+MOCK_E2E_MAX_RECORDS = 12_000
+MAX_WARMUP = 1000
+KiB = 1024
+_T = TypeVar("_T")
+TopicFor = Callable[[str], tuple[str, int]]  # phase kind -> (topic name, partition count)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description="One end-to-end benchmark run of Keel.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of each fixed-rate latency phase")
+    p.add_argument("--rate", type=float, default=2000.0, help="records/s offered in the latency phases")
+    p.add_argument("--records", type=int, default=200_000, help="records sent in the throughput phase")
+    p.add_argument("--record-size", type=int, default=1024, help="bytes per record value")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of each benchmark topic")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json", help="JSON results file")
+    p.add_argument("--bootstrap", help="benchmark a running broker at HOST:PORT instead of starting one")
+    p.add_argument("--broker-pid", type=int, help="with --bootstrap: pid of that broker, for its RSS")
+    p.add_argument("--data-dir", type=Path,
+                   help="where the started broker keeps its data and where fsync is probed; "
+                        "kept afterwards (None: a temporary directory, removed afterwards)")
+    p.add_argument("--broker-arg", action="append", default=[], metavar="FLAG",
+                   help="extra flag for `keel serve`, repeatable (e.g. --broker-arg=--no-wal-fsync)")
+    p.add_argument("--fsync-iterations", type=int, default=5000, help="write+fdatasync samples")
+    p.add_argument("--no-mock", action="store_true", help="skip librdkafka's mock-cluster baseline")
+    p.add_argument("--no-plot", action="store_true", help="do not write the latency PNG")
+    return p
+
+
+def _say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Phase(Generic[_T]):
+    """One measurement: its result, or why there is none."""
+
+    result: _T | None = None
+    error: str = ""
+
+
+@dataclass
+class Measurements:
+    fsync: list[float]
+    keel_put: Phase[workload.Throughput] = field(default_factory=Phase)
+    mock_put: Phase[workload.Throughput] = field(default_factory=Phase)
+    keel_get: Phase[workload.Throughput] = field(default_factory=Phase)
+    mock_get: Phase[workload.Throughput] = field(default_factory=Phase)
+    keel_lat: Phase[workload.LatencyRun] = field(default_factory=Phase)
+    keel_e2e: Phase[workload.LatencyRun] = field(default_factory=Phase)
+    mock_e2e: Phase[workload.LatencyRun] = field(default_factory=Phase)
+    rss_start_kib: int | None = None
+    rss_end_kib: int | None = None
+    rss_peak_kib: int | None = None
+    failures: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def attempt(self, label: str, fn: Callable[[], _T], *, fatal: bool = True) -> Phase[_T]:
+        """Run one phase; a failure is recorded (and fails the run if ``fatal``) but hides no other figure."""
+        try:
+            return Phase(fn())
+        except Exception as exc:
+            _say(f"{label} failed: {exc!r}")
+            traceback.print_exc(file=sys.stderr)
+            if fatal:
+                self.failures.append(f"{label}: {exc}")
+            return Phase(None, f"failed: {exc}")
+
+
+class Run:
+    """The targets of one run (Keel and maybe the mock) and the phases measured against both."""
+
+    def __init__(self, args: argparse.Namespace, bootstrap: str, mock: baselines.MockCluster | None,
+                 mock_missing: str, m: Measurements) -> None:
+        self.args = args
+        self.bootstrap = bootstrap
+        self.mock = mock
+        self.mock_missing = mock_missing
+        self.m = m
+        self.run_id = uuid.uuid4().hex[:8]
+        self.count = max(1, round(args.rate * args.duration))
+        self.warmup = min(MAX_WARMUP, max(20, round(args.rate / 2)))
+        self._topics: dict[tuple[str, str], int] = {}
+
+    def keel_topic(self, kind: str) -> tuple[str, int]:
+        name = f"bench-{self.run_id}-{kind}"
+        if ("keel", name) not in self._topics:
+            self._topics["keel", name] = workload.prepare_topic(self.bootstrap, name, self.args.partitions)
+        return name, self._topics["keel", name]
+
+    def mock_topic(self, kind: str) -> tuple[str, int]:
+        assert self.mock is not None
+        name = f"bench-{self.run_id}-{kind}"
+        if ("mock", name) not in self._topics:
+            # The mock has no CreateTopics: it auto-creates with librdkafka's default partition count.
+            parts = workload.prepare_topic(self.mock.bootstrap, name, self.args.partitions, create=False)
+            self._topics["mock", name] = self.m.meta["mock_partitions"] = parts
+        return name, self._topics["mock", name]
+
+    def both(self, label: str, fn: Callable[[str, TopicFor], _T]) -> tuple[Phase[_T], Phase[_T]]:
+        _say(f"Keel: {label}")
+        keel = self.m.attempt(f"Keel {label}", lambda: fn(self.bootstrap, self.keel_topic))
+        if self.mock is None:
+            return keel, Phase(None, f"baseline missing: {self.mock_missing}")
+        _say(f"mock: {label}")
+        mock_bootstrap = self.mock.bootstrap
+        return keel, self.m.attempt(f"mock {label}", lambda: fn(mock_bootstrap, self.mock_topic), fatal=False)
+
+    # The phases; each takes a bootstrap address and the topic factory of that target.
+
+    def throughput(self, target: str, topic: TopicFor) -> workload.Throughput:
+        name, _ = topic("tput")
+        return workload.produce_throughput(target, name, self.args.records, self.args.record_size, linger_ms=5)
+
+    def consume(self, target: str, topic: TopicFor) -> workload.Throughput:
+        name, parts = topic("tput")
+        return workload.consume_throughput(target, name, parts)
+
+    def latency(self, target: str, topic: TopicFor) -> workload.LatencyRun:
+        name, _ = topic("lat")
+        return workload.produce_latency(target, name, self.args.rate, self.count, self.args.record_size,
+                                        self.warmup)
+
+    def e2e(self, target: str, topic: TopicFor) -> workload.LatencyRun:
+        name, parts = topic("e2e")
+        if topic == self.mock_topic:
+            # The mock answers a Fetch only when its wait expires (no wake-up on new data),
+            # so its consumer polls every millisecond: that makes it the client-side floor.
+            n, wait = min(self.count, MOCK_E2E_MAX_RECORDS), MOCK_FETCH_WAIT_MS
+        else:
+            n, wait = self.count, None
+        return workload.end_to_end_latency(target, name, parts, self.args.rate, n, self.args.record_size,
+                                           self.warmup, fetch_wait_max_ms=wait)
+
+    def measure_all(self) -> None:
+        a, m = self.args, self.m
+        m.keel_put, m.mock_put = self.both(
+            f"produce throughput, {a.records:,} x {a.record_size} B, linger.ms=5", self.throughput)
+        m.keel_get, m.mock_get = self.both("consume throughput (catch-up read)", self.consume)
+        _say(f"Keel: produce latency at {a.rate:g}/s for {self.count:,} records, linger.ms=0")
+        m.keel_lat = m.attempt("Keel produce latency", lambda: self.latency(self.bootstrap, self.keel_topic))
+        m.keel_e2e, m.mock_e2e = self.both(
+            f"end-to-end latency at {a.rate:g}/s (Keel {self.count:,} records, mock "
+            f"{min(self.count, MOCK_E2E_MAX_RECORDS):,})", self.e2e)
+        for label, phase in (("produce throughput", m.keel_put), ("consume throughput", m.keel_get),
+                             ("produce latency", m.keel_lat), ("end-to-end latency", m.keel_e2e)):
+            res = phase.result
+            missing = getattr(res, "missing", 0)
+            if res is not None and (res.errors or missing):
+                m.failures.append(f"Keel {label}: {res.errors} errors, {missing} missing")
+        m.meta.update(latency_records=self.count, warmup_records=self.warmup)
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def _pcts(samples: Sequence[float] | None) -> dict[float, float | None]:
+    return {p: (_ms(percentile(samples, p)) if samples else None) for p in PERCENTILES}
+
+
+def _latency_note(phase: Phase[workload.LatencyRun], rate: float) -> str:
+    run = phase.result
+    if run is None:
+        return phase.error
+    notes = []
+    if run.errors or run.missing:
+        notes.append(f"{run.errors} errors, {run.missing} missing ({run.first_error or 'no error text'})")
+    if run.achieved_rate < 0.95 * rate:
+        notes.append(f"offered only {run.achieved_rate:,.0f}/s")
+    if len(run.latencies) < MIN_PERCENTILE_SAMPLES:
+        notes.append(f"< {MIN_PERCENTILE_SAMPLES:,} samples")
+    return "; ".join(notes)
+
+
+def _mb(phase: Phase[workload.Throughput]) -> float | None:
+    return phase.result.mb_per_s if phase.result else None
+
+
+def _rps(phase: Phase[workload.Throughput]) -> float | None:
+    return phase.result.records_per_s if phase.result else None
+
+
+def latency_series(m: Measurements) -> dict[str, dict[float, float | None]]:
+    """Latency percentiles (ms) of every latency measurement, by plot label."""
+    def lat(phase: Phase[workload.LatencyRun]) -> list[float] | None:
+        return phase.result.latencies if phase.result else None
+
+    return {"fsync 1 KiB": _pcts(m.fsync), "Keel produce (ack)": _pcts(lat(m.keel_lat)),
+            "mock e2e": _pcts(lat(m.mock_e2e)), "Keel e2e": _pcts(lat(m.keel_e2e))}
+
+
+def build_figures(m: Measurements, args: argparse.Namespace) -> list[Figure]:
+    put_note = m.keel_put.error or m.mock_put.error
+    if m.keel_put.result and m.keel_put.result.errors:
+        put_note = f"{m.keel_put.result.errors} delivery errors"
+    get_note = m.keel_get.error or m.mock_get.error
+    if not get_note and m.mock_get.result and m.mock_get.result.read < args.records:
+        get_note = f"mock holds only {m.mock_get.result.read:,} records"
+    figures = [
+        Figure("produce_throughput", _mb(m.keel_put), "MB/s", "mock_produce_throughput", _mb(m.mock_put),
+               samples=args.records, note=put_note),
+        Figure("produce_throughput_records", _rps(m.keel_put), "records/s", "mock_produce_throughput_records",
+               _rps(m.mock_put), samples=args.records, note=put_note),
+        Figure("consume_throughput", _mb(m.keel_get), "MB/s", "mock_consume_throughput", _mb(m.mock_get),
+               samples=m.keel_get.result.records if m.keel_get.result else None, note=get_note),
+    ]
+    series = latency_series(m)
+    lat_samples = len(m.keel_lat.result.latencies) if m.keel_lat.result else None
+    for p in PERCENTILES:
+        figures.append(Figure(
+            f"produce_latency_{pct_label(p)}", series["Keel produce (ack)"][p], "ms", f"fsync_1KiB_{pct_label(p)}",
+            series["fsync 1 KiB"][p], samples=lat_samples, note=_latency_note(m.keel_lat, args.rate)))
+    e2e_samples = len(m.keel_e2e.result.latencies) if m.keel_e2e.result else None
+    e2e_note = _latency_note(m.keel_e2e, args.rate) or m.mock_e2e.error
+    if not e2e_note and m.mock_e2e.result and len(m.mock_e2e.result.latencies) < (e2e_samples or 0):
+        e2e_note = f"mock over {len(m.mock_e2e.result.latencies):,} records"
+    for p in PERCENTILES:
+        figures.append(Figure(
+            f"e2e_latency_{pct_label(p)}", series["Keel e2e"][p], "ms", f"mock_e2e_latency_{pct_label(p)}",
+            series["mock e2e"][p], samples=e2e_samples, note=e2e_note))
+
+    def mib(kib: int | None) -> float | None:
+        return kib / KiB if kib else None
+
+    rss_note = "" if m.rss_start_kib else "broker pid unknown (use --broker-pid)"
+    figures.append(Figure("broker_rss", mib(m.rss_end_kib), "MiB", "broker_rss_at_start", mib(m.rss_start_kib),
+                          note=rss_note))
+    figures.append(Figure("broker_peak_rss", mib(m.rss_peak_kib), "MiB", "broker_rss_at_start",
+                          mib(m.rss_start_kib), note=rss_note))
+    return figures
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _git_commit() -> str:
+    repo = RESULTS_DIR.parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _first_line_value(path: str, prefix: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def metadata(args: argparse.Namespace, argv: Sequence[str], broker: BrokerProcess | None,
+             started: datetime, elapsed: float) -> dict[str, Any]:
+    mem = _first_line_value("/proc/meminfo", "MemTotal")
+    return {
+        "date": started.isoformat(timespec="seconds"),
+        "duration_s": round(elapsed, 1),
+        "command": " ".join(["python -m bench", shlex.join(argv)]).strip(),
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
+                    "cpu": _first_line_value("/proc/cpuinfo", "model name") or platform.processor(),
+                    "memory_kib": int(mem.split()[0]) if mem else None},
+        "versions": {"python": platform.python_version(), "keel": _dist_version("keel"), "git": _git_commit(),
+                     "confluent_kafka": _dist_version("confluent-kafka"),
+                     "librdkafka": confluent_kafka.libversion()[0]},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "broker_command": shlex.join(broker.command()) if broker else None,
+        "conventions": {"acks": "all", "latency_linger_ms": 0, "throughput_linger_ms": 5,
+                        "mock_e2e_fetch_wait_max_ms": MOCK_FETCH_WAIT_MS,
+                        "ratio": "value / baseline_value", "MB": "10^6 bytes of record values"},
+    }
+
+
+def _start_mock(args: argparse.Namespace) -> tuple[baselines.MockCluster | None, str]:
+    if args.no_mock:
+        return None, "skipped (--no-mock)"
+    try:
+        mock = baselines.MockCluster()
+    except baselines.MockUnavailable as exc:
+        _say(f"mock baseline missing: {exc}")
+        return None, str(exc)
+    _say(f"librdkafka mock cluster on {mock.bootstrap}")
+    return mock, ""
+
+
+def measure(args: argparse.Namespace, data_dir: Path, log_path: Path) -> tuple[Measurements, BrokerProcess | None]:
+    """Every measurement of one run; starts and stops the broker and the mock cluster."""
+    loadavg_start = list(os.getloadavg())
+    _say(f"fsync baseline: {args.fsync_iterations} x write {KiB} B + fdatasync in {data_dir}")
+    m = Measurements(baselines.fsync_latencies(data_dir, args.fsync_iterations, KiB))
+    m.meta.update(fsync_samples=len(m.fsync), loadavg_start=loadavg_start)
+    broker: BrokerProcess | None = None
+    mock: baselines.MockCluster | None = None
+    try:
+        if args.bootstrap:
+            bootstrap, pid = args.bootstrap, args.broker_pid
+        else:
+            broker = BrokerProcess(data_dir, log_path, args.broker_arg)
+            _say("starting Keel broker")
+            broker.start()
+            bootstrap, pid = broker.bootstrap, broker.pid
+            _say(f"Keel broker pid {pid} on {bootstrap}, data in {data_dir}")
+        if pid:
+            m.rss_start_kib = read_memory_kib(pid)[0]
+        mock, mock_missing = _start_mock(args)
+        Run(args, bootstrap, mock, mock_missing, m).measure_all()
+        m.meta["loadavg_end"] = list(os.getloadavg())
+        if pid:
+            m.rss_end_kib, m.rss_peak_kib = read_memory_kib(pid)
+            m.meta["broker_cpu_s"] = round(read_cpu_seconds(pid), 2)
+    finally:
+        if mock is not None:
+            mock.close()
+        if broker is not None:
+            code = broker.stop()
+            if code not in (0, None):
+                m.failures.append(f"broker exited with code {code}")
+            if m.failures:
+                _say(broker.log_tail())
+    return m, broker
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.record_size < workload.MIN_RECORD_SIZE:
+        raise SystemExit(f"--record-size must be at least {workload.MIN_RECORD_SIZE}")
+    started, t0 = datetime.now(UTC), time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="keel-bench-"))
+    if args.data_dir is None:
+        data_dir, log_path = tmp / "data", tmp / "broker.log"
+    else:  # the caller keeps the data, so keep the broker's log beside it
+        data_dir = args.data_dir
+        log_path = data_dir.with_name(data_dir.name + ".broker.log")
+    try:
+        m, broker = measure(args, data_dir, log_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if args.data_dir is not None and not args.bootstrap:
+            _say(f"broker log kept in {log_path}")
+    figures = build_figures(m, args)
+    meta = {**metadata(args, argv, broker, started, time.monotonic() - t0), **m.meta, "failures": m.failures}
+    print(report.format_table(figures), flush=True)
+    report.write_json(args.out, figures, meta)
+    _say(f"wrote {args.out}")
+    if not args.no_plot:
+        plotted = {name: [v or 0.0 for v in pcts.values()]
+                   for name, pcts in latency_series(m).items() if all(pcts.values())}
+        png = args.out.with_suffix(".png")
+        why_not = report.write_plot(png, plotted)
+        _say(f"plot not written: {why_not}" if why_not else f"wrote {png}")
+    for failure in m.failures:
+        _say(f"FAILED: {failure}")
+    return 1 if m.failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run(build_parser().parse_args(argv), argv)

@@ -1,0 +1,122 @@
+"""Keep ``make bench`` from rotting: run the real harness in a tiny mode and check its output.
+
+The run starts a real broker process and librdkafka's mock cluster, so it
+exercises every phase of ``python -m bench`` in a few seconds; the figures
+themselves are meaningless at this size, only their presence and shape are
+checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.baselines import MockCluster, MockUnavailable
+from bench.harness import Measurements, Phase, build_figures, build_parser
+from bench.report import Figure, format_table, percentile
+from bench.workload import LatencyRun, Throughput
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXPECTED = {
+    "produce_throughput": "mock_produce_throughput",
+    "produce_throughput_records": "mock_produce_throughput_records",
+    "consume_throughput": "mock_consume_throughput",
+    "produce_latency_p50": "fsync_1KiB_p50",
+    "produce_latency_p99": "fsync_1KiB_p99",
+    "produce_latency_p99.9": "fsync_1KiB_p99.9",
+    "e2e_latency_p50": "mock_e2e_latency_p50",
+    "e2e_latency_p99": "mock_e2e_latency_p99",
+    "e2e_latency_p99.9": "mock_e2e_latency_p99.9",
+    "broker_rss": "broker_rss_at_start",
+    "broker_peak_rss": "broker_rss_at_start",
+}
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_percentile_is_nearest_rank() -> None:
+    samples = list(range(1, 1001))  # 1..1000, shuffled order must not matter
+    samples.reverse()
+    assert percentile(samples, 50) == 500
+    assert percentile(samples, 99) == 990
+    assert percentile(samples, 99.9) == 999
+    assert percentile(samples, 100) == 1000
+    assert percentile([7.0], 99.9) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_figure_ratio_and_table() -> None:
+    fig = Figure("produce_latency_p99", 3.0, "ms", "fsync_1KiB_p99", 1.5)
+    assert fig.ratio == pytest.approx(2.0)
+    missing = Figure("e2e_latency_p50", 2.0, "ms", "mock_e2e_latency_p50", None, note="baseline missing")
+    assert missing.ratio is None
+    table = format_table([fig, missing])
+    assert "2x" in table and "baseline missing" in table
+
+
+def test_missing_mock_leaves_baselines_empty_but_keeps_figures() -> None:
+    args = build_parser().parse_args(["--records", "4", "--rate", "1000"])
+    m = Measurements(fsync=[0.001] * 10, rss_start_kib=1024, rss_end_kib=2048, rss_peak_kib=4096)
+    m.keel_put = Phase(Throughput(records=4, bytes=4096, seconds=0.001))
+    m.keel_get = Phase(Throughput(records=4, bytes=4096, seconds=0.002, read=4))
+    m.keel_lat = Phase(LatencyRun(latencies=[0.002] * 10, sent=10, achieved_rate=1000.0))
+    m.keel_e2e = Phase(LatencyRun(latencies=[0.003] * 10, sent=10, achieved_rate=1000.0))
+    m.mock_put = m.mock_get = m.mock_e2e = Phase(None, "baseline missing: test")
+    figures = {f.name: f for f in build_figures(m, args)}
+    assert set(figures) == set(EXPECTED)
+    assert figures["produce_throughput"].value == pytest.approx(4.096)
+    assert figures["produce_throughput"].baseline_value is None and figures["produce_throughput"].ratio is None
+    assert "baseline missing" in figures["produce_throughput"].note
+    assert figures["produce_latency_p99"].ratio == pytest.approx(2.0)
+    assert figures["e2e_latency_p50"].value == pytest.approx(3.0) and figures["e2e_latency_p50"].ratio is None
+    assert figures["broker_peak_rss"].ratio == pytest.approx(4.0)
+
+
+def test_tiny_run_writes_every_figure(tmp_path: Path) -> None:
+    try:
+        MockCluster().close()
+    except MockUnavailable as exc:
+        pytest.skip(f"librdkafka mock cluster unavailable: {exc}")
+    out = tmp_path / "latest.json"
+    cmd = [sys.executable, "-m", "bench", "--records", "2000", "--duration", "1", "--rate", "500",
+           "--fsync-iterations", "200", "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+
+    doc = json.loads(out.read_text())
+    figures = {f["name"]: f for f in doc["figures"]}
+    assert set(figures) == set(EXPECTED)
+    for name, baseline in EXPECTED.items():
+        f = figures[name]
+        assert f["baseline_name"] == baseline
+        assert _positive(f["value"]), f
+        assert _positive(f["baseline_value"]), f
+        assert _positive(f["ratio"]), f
+        assert f["ratio"] == pytest.approx(f["value"] / f["baseline_value"])
+        assert f["unit"]
+        assert name in proc.stdout
+    assert figures["produce_throughput_records"]["value"] * 1024 / 1e6 == pytest.approx(
+        figures["produce_throughput"]["value"])
+    assert figures["produce_latency_p50"]["samples"] == 500
+    lat = [figures[f"produce_latency_{p}"]["value"] for p in ("p50", "p99", "p99.9")]
+    assert lat == sorted(lat)
+
+    meta = doc["meta"]
+    assert meta["failures"] == []
+    assert meta["machine"]["cores"] >= 1
+    assert meta["versions"]["confluent_kafka"] and meta["versions"]["librdkafka"]
+    assert meta["command"].startswith("python -m bench --records 2000")
+    assert meta["date"]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert out.with_suffix(".png").stat().st_size > 0
