@@ -54,6 +54,7 @@ class Controller:
         self.lease: ControllerLease | None = None
         self._lease_etag: str | None = None
         self._lease_valid_until = 0.0
+        self._renewed_at = 0.0
         self.assignments: Assignments | None = None
         self._assignments_etag: str | None = None
         self.wakeup = asyncio.Event()
@@ -77,6 +78,10 @@ class Controller:
         if not broker.membership.lease_valid() or broker.leaving:
             self.lease = None
             return False
+        if self.lease is not None and self.active:
+            if time.monotonic() - self._renewed_at < broker.settings.lease_renew_ms / 1000:
+                return True
+            return await self._renew(now)
         current, etag = await self.cluster.read_controller()
         holder_live = False
         if current is not None and current.expiry_ms > now:
@@ -95,10 +100,28 @@ class Controller:
             self.lease = None
             return False
         self._lease_valid_until = sent + (broker.settings.lease_ms - broker.settings.lease_margin_ms) / 1000
+        self._renewed_at = sent
         if not mine or self.lease is None:
             log.info("broker %d is controller (epoch %d)", me, epoch)
             self.assignments, self._assignments_etag = await self.cluster.read_assignments()
         self.lease = lease
+        return True
+
+    async def _renew(self, now: int) -> bool:
+        """Extends the lease this broker holds, without reading it first (the ETag chains the writes)."""
+        assert self.lease is not None
+        settings = self.broker.settings
+        lease = dataclasses.replace(self.lease, expiry_ms=now + settings.lease_ms)
+        sent = time.monotonic()
+        try:
+            self._lease_etag = await self.cluster.write_controller(lease, self._lease_etag)
+        except ConflictError:
+            log.warning("controller lease lost")
+            self.lease = None
+            return False
+        self.lease = lease
+        self._renewed_at = sent
+        self._lease_valid_until = sent + (settings.lease_ms - settings.lease_margin_ms) / 1000
         return True
 
     async def tick(self) -> None:
