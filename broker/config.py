@@ -34,7 +34,7 @@ class Settings:
     wal_fsync: bool = field(default=True, metadata={"help": "fsync the WAL before acknowledging (never turn off in production)"})
     flush_interval_ms: int = field(default=2000, metadata={"help": "longest time a batch stays only in the WAL"})
     segment_bytes: int = field(default=8 * MiB, metadata={"help": "target size of a segment object"})
-    tail_cache_bytes: int = field(default=128 * MiB, metadata={"help": "memory for recent batches served without object-store reads"})
+    tail_cache_bytes: int = field(default=64 * MiB, metadata={"help": "memory for recent batches served without object-store reads"})
     max_unflushed_bytes: int = field(default=256 * MiB, metadata={"help": "produce waits when this much is not yet in segments"})
     objects_dir: str = field(default="", metadata={"help": "directory of the local-filesystem object store (default: DATA_DIR/objects); brokers sharing it form one cluster"})
     s3_endpoint: str = field(default="", metadata={"help": "S3 endpoint URL (MinIO, SeaweedFS, AWS); empty = local filesystem store under --data-dir"})
