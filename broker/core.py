@@ -139,22 +139,44 @@ class Broker:
                 if rounds % TOPIC_REFRESH_ROUNDS == 0 or self._topics_dirty:
                     self._topics_dirty = False
                     await self.refresh_topics()
+                if self.membership.fenced:
+                    self._fail(RuntimeError("another process registered as this broker"))
+                    return
+                if not self.membership.lease_valid():
+                    await self._reincarnate()
                 await self.controller.tick()
-                if not self.controller.active:
+                if self.controller.active and self.controller.assignments is not None:
+                    assignments = self.controller.assignments
+                else:
                     assignments, _etag = await self.cluster.read_assignments()
-                    self.on_assignments(assignments)
+                self.on_assignments(assignments)
             except Exception:  # noqa: BLE001 - the next round starts over from stored state
                 log.exception("cluster round failed")
             self.groups.forget_unowned(self.coordinates)
-            if self.membership.fenced or (self.membership.registration is not None
-                                          and not self.membership.lease_valid() and self.logs):
-                self.leadership.resign_all("lease lost")
             if not self._old_wals_swept and rounds % TOPIC_REFRESH_ROUNDS == 5:
                 await self._sweep_old_wals()
             rounds += 1
             self.controller.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.controller.wakeup.wait(), interval)
+
+    async def _reincarnate(self) -> None:
+        """The lease lapsed (renewals too slow, or the process was frozen): other brokers may already
+        lead this broker's partitions.  Give everything up, close the WAL (a new leader replays it),
+        and rejoin as a new incarnation -- the same path as a restart after ``kill -9``."""
+        log.warning("broker %d incarnation %d: lease lapsed; rejoining as a new incarnation",
+                    self.settings.broker_id, self.membership.incarnation)
+        self.leadership.resign_all("lease lost")
+        await self.leadership.wait_idle()
+        self.controller.lease = None
+        if self.wal is not None:
+            old, self.wal = self.wal, None
+            await old.close()
+        self.wal_floor = None
+        incarnation = await self.membership.register()
+        wal = build_wal(self.settings, self.store, incarnation)
+        await wal.open()
+        self.wal = wal
 
     async def _sweep_old_wals(self) -> None:
         """Deletes this broker's WALs from earlier incarnations once nothing can need them: only when this
@@ -377,7 +399,7 @@ class Broker:
         original is already durable)."""
         if self.failed is not None:
             return AppendResult(ErrorCode.KAFKA_STORAGE_ERROR, message="write-ahead log failed")
-        if plog.resigned or plog.handing_over or not self.membership.lease_valid():
+        if plog.resigned or plog.handing_over or self.wal is None or not self.membership.lease_valid():
             return AppendResult(ErrorCode.NOT_LEADER_OR_FOLLOWER, message="not the leader any more")
         if data is None or len(data) == 0:
             return AppendResult(ErrorCode.INVALID_RECORD, message="no records")
@@ -444,12 +466,16 @@ class Broker:
         done: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
 
         async def wait() -> None:
-            while plog.high_watermark <= last and self.failed is None:
+            while plog.high_watermark <= last and self.failed is None and not plog.resigned:
                 waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 plog.waiters.append(waiter)
                 await waiter
-            done.set_result(result if self.failed is None else
-                            AppendResult(ErrorCode.KAFKA_STORAGE_ERROR, message="write-ahead log failed"))
+            if self.failed is not None:
+                done.set_result(AppendResult(ErrorCode.KAFKA_STORAGE_ERROR, message="write-ahead log failed"))
+            elif plog.high_watermark <= last:
+                done.set_result(AppendResult(ErrorCode.NOT_LEADER_OR_FOLLOWER, message="leadership lost"))
+            else:
+                done.set_result(result)
 
         task = asyncio.ensure_future(wait())
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)

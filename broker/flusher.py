@@ -117,7 +117,8 @@ class Flusher:
 
     async def _trim_wal(self) -> None:
         broker = self.broker
-        assert broker.wal is not None
+        if broker.wal is None:
+            return  # between incarnations
         positions = [p for plog in broker.logs.values()
                      if (p := plog.oldest_unflushed_wal_position()) is not None and p >= 0]
         if broker.wal_floor is not None:

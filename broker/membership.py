@@ -39,6 +39,7 @@ class Membership:
         self._etag: str | None = None
         self._valid_until = 0.0
         self.fenced = False
+        self._lapsed = False
         self._task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()  # one registration write at a time: they chain on the ETag
 
@@ -51,10 +52,21 @@ class Membership:
         return self.settings.lease_margin_ms / 1000
 
     def lease_valid(self) -> bool:
-        return not self.fenced and time.monotonic() < self._valid_until
+        """True while this incarnation may act.  A lapse is final: the controller may already have
+        moved the partitions, so a later renewal must not bring this incarnation back."""
+        if self.fenced or self._lapsed:
+            return False
+        if time.monotonic() >= self._valid_until:
+            self._lapsed = True
+            return False
+        return True
 
     async def register(self) -> int:
         """Waits out an earlier incarnation's lease, then registers a new one; returns its number."""
+        async with self._write_lock:
+            return await self._register()
+
+    async def _register(self) -> int:
         settings = self.settings
         while True:
             current, etag = await self.cluster.read_broker(settings.broker_id)
@@ -76,6 +88,7 @@ class Membership:
             except ConflictError:
                 continue
             self._valid_until = sent + self.lease_seconds - self.margin_seconds
+            self._lapsed = False
             self.registration = registration
             self.incarnation = incarnation
             log.info("broker %d registered as incarnation %d at %s:%d", settings.broker_id, incarnation,
@@ -102,10 +115,15 @@ class Membership:
         sent = time.monotonic()
         if leaving is not None:
             registration.leaving = leaving
+        if not self.lease_valid():
+            return  # lapsed: this incarnation is over; the broker rejoins as a new one
         registration.lease_expiry_ms = wall_ms() + self.settings.lease_ms
         try:
             self._etag = await self.cluster.write_broker(registration, self._etag)
-            self._valid_until = sent + self.lease_seconds - self.margin_seconds
+            # Extend only if the renewal landed while the previous lease was still good: otherwise the
+            # stored lease may have looked expired to the controller for a while, and it may have acted.
+            if self.lease_valid():
+                self._valid_until = sent + self.lease_seconds - self.margin_seconds
         except ConflictError:
             log.critical("broker %d incarnation %d: registration replaced by another process; fenced",
                          registration.broker_id, registration.incarnation)

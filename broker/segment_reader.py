@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from broker.block_cache import BlockCache
-from broker.segment import FOOTER_SIZE, SegmentFooter, SegmentIndex, find_batches, parse_footer
+from broker.segment import (
+    FOOTER_SIZE,
+    CorruptSegmentError,
+    SegmentFooter,
+    SegmentIndex,
+    find_batches,
+    parse_footer,
+)
 from metadata.store import SegmentRef
 from objectstore.base import ObjectStore
 from protocol.records import iter_batch_headers
@@ -38,10 +45,13 @@ class SegmentReader:
         if cached is not None:
             self._indexes.move_to_end(segment.key)
             return cached
-        tail = await self._get(segment.key, segment.size - FOOTER_SIZE, segment.size)
-        footer = parse_footer(tail, object_size=segment.size)
-        raw_index = await self._get(segment.key, footer.body_length, footer.body_length + footer.index_length)
-        index = SegmentIndex.parse(raw_index, footer)
+        try:
+            tail = await self._get(segment.key, segment.size - FOOTER_SIZE, segment.size)
+            footer = parse_footer(tail, object_size=segment.size)
+            raw_index = await self._get(segment.key, footer.body_length, footer.body_length + footer.index_length)
+            index = SegmentIndex.parse(raw_index, footer)
+        except CorruptSegmentError as exc:  # name the object, so that an operator can find it
+            raise CorruptSegmentError(f"{segment.key}: {exc}") from exc
         self._indexes[segment.key] = (footer, index)
         if len(self._indexes) > self.max_cached:
             self._indexes.popitem(last=False)
@@ -59,13 +69,16 @@ class SegmentReader:
         footer, index = await self.open(segment)
         start, next_indexed = index.position_range_for_offset(offset)
         end = min(footer.body_length, next_indexed + max(max_bytes, MIN_READ))
-        chunk = await self._body(segment, start, end)
-        span = find_batches(chunk, offset, max_bytes, chunk_pos=start)
-        if span.need and span.start < footer.body_length:
-            start = span.start
-            end = min(footer.body_length, start + max(span.need, max_bytes))
+        try:
             chunk = await self._body(segment, start, end)
             span = find_batches(chunk, offset, max_bytes, chunk_pos=start)
+            if span.need and span.start < footer.body_length:
+                start = span.start
+                end = min(footer.body_length, start + max(span.need, max_bytes))
+                chunk = await self._body(segment, start, end)
+                span = find_batches(chunk, offset, max_bytes, chunk_pos=start)
+        except CorruptSegmentError as exc:
+            raise CorruptSegmentError(f"{segment.key}: {exc}") from exc
         if span.end <= span.start:
             return []
         return [memoryview(chunk)[span.start - start: span.end - start]]
