@@ -18,7 +18,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,7 @@ MiB = 1024 * 1024
 BUCKET = "keel-test"
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    with SeaweedFS(tmp_path_factory.mktemp("weed")) as server:
-        yield server
+# ``s3_server`` (one SeaweedFS for the whole session) comes from tests/conftest.py.
 
 
 def make_store(server: SeaweedFS, **kwargs: Any) -> S3ObjectStore:
