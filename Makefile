@@ -28,13 +28,14 @@ DEPS := venv
 deps-system:
 	bash tools/install-test-deps.sh
 
-.PHONY: help venv deps deps-system run test lint bench clean distclean
+.PHONY: help venv deps deps-system run test lint bench chaos clean distclean
 
 help:
 	@echo "make run    - start a broker on 127.0.0.1:9092 with data in ./keel-data (extra flags: ARGS='...')"
 	@echo "make test   - ruff, then the whole pytest suite"
 	@echo "make lint   - ruff only"
 	@echo "make bench  - end-to-end benchmarks"
+	@echo "make chaos  - the long chaos run (a cluster under faults; >= 200 faults)"
 	@echo "make venv   - create/refresh .venv (done automatically by the targets above)"
 	@echo "make clean  - remove caches and build output (keeps .venv and ./keel-data)"
 	@echo "make distclean - clean, and remove .venv too"
@@ -64,6 +65,11 @@ test: deps deps-system
 
 bench: deps
 	$(VPY) -m bench $(ARGS)
+
+# The long chaos run: a 3-broker cluster over SeaweedFS behind a fault proxy, >= 200 faults.
+CHAOS_ARGS ?= --duration 1800 --faults 200 --brokers 3 --store seaweedfs --report bench/results/chaos.json
+chaos: deps
+	cd tests && ../$(VPY) -m chaos.run $(CHAOS_ARGS) $(ARGS)
 
 clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
