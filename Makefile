@@ -69,7 +69,7 @@ bench: deps
 # The long chaos run: a 3-broker cluster over SeaweedFS behind a fault proxy, >= 200 faults.
 CHAOS_ARGS ?= --duration 1800 --faults 200 --brokers 3 --store seaweedfs --report bench/results/chaos.json
 chaos: deps
-	cd tests && ../$(VPY) -m chaos.run $(CHAOS_ARGS) $(ARGS)
+	$(VPY) -m tests.chaos.run $(CHAOS_ARGS) $(ARGS)
 
 clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
