@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from broker.partition_log import PartitionLog, TailBatch
 from broker.segment import build_segment
-from metadata.store import SegmentRef
+from metadata.store import ConflictError, SegmentRef
 from objectstore.base import ObjectStoreError
 
 if TYPE_CHECKING:
@@ -79,7 +79,10 @@ class Flusher:
                 if not (force or pressure or size >= settings.segment_bytes or age_ms >= settings.flush_interval_ms):
                     break
                 taken = _take(batches, settings.segment_bytes)
-                await self.flush_partition(plog, taken)
+                try:
+                    await self.flush_partition(plog, taken)
+                except ConflictError:
+                    break  # fenced: the partition has a newer leader and was resigned; its data is in the WAL
                 batches = batches[len(taken):]
         await self._trim_wal()
         broker.flush_progress.set()

@@ -93,6 +93,8 @@ class KafkaServer:
         peer = f"{host}:{port}"
         try:
             await self._serve(reader, writer, peer)
+        except asyncio.CancelledError:
+            pass  # the server is stopping
         finally:
             self._connections.discard(task)
 
