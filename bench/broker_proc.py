@@ -15,7 +15,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -74,10 +74,12 @@ def read_cpu_seconds(pid: int) -> float:
 class BrokerProcess:
     """One ``keel serve`` child with its log in ``log_path``."""
 
-    def __init__(self, data_dir: Path, log_path: Path, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, extra_args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
         self.extra_args = list(extra_args)
+        self.extra_env = dict(env or {})
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -99,6 +101,7 @@ class BrokerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
         for attempt in range(1, START_ATTEMPTS + 1):
             self.port = free_port()
             with open(self.log_path, "ab") as log:
@@ -147,6 +150,12 @@ class BrokerProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once, as a crash would; no shutdown work runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def log_tail(self, max_bytes: int = 4000) -> str:
         try:

@@ -28,9 +28,10 @@ from typing import Any, Generic, TypeVar
 
 import confluent_kafka
 
-from bench import baselines, report, workload
+from bench import baselines, failover_suite, report, s3_suite, workload
 from bench.broker_proc import BrokerProcess, read_cpu_seconds, read_memory_kib
 from bench.report import PERCENTILES, Figure, pct_label, percentile
+from bench.suite_common import SuiteResult
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MIN_PERCENTILE_SAMPLES = 10_000
@@ -63,7 +64,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsync-iterations", type=int, default=5000, help="write+fdatasync samples")
     p.add_argument("--no-mock", action="store_true", help="skip librdkafka's mock-cluster baseline")
     p.add_argument("--no-plot", action="store_true", help="do not write the latency PNG")
+    p.add_argument("--suite", type=_suites, default=",".join(SUITES),
+                   help=f"comma-separated suites to run, of {','.join(SUITES)}; a suite that cannot run here "
+                        "(s3 without a `weed` binary) is skipped with the reason")
+    g = p.add_argument_group("s3 suite (SeaweedFS, object WAL)")
+    g.add_argument("--s3-records", type=int, default=10_000, help="records measured in the object-WAL latency phase")
+    g.add_argument("--s3-rate", type=float, default=500.0, help="records/s offered in the object-WAL latency phase")
+    g.add_argument("--s3-put-samples", type=int, default=10_000, help="raw PUTs timed for the PUT baseline")
+    g.add_argument("--s3-catchup-mb", type=float, default=150.0, help="MB produced, then read back cold")
+    g.add_argument("--s3-flush-interval-ms", type=int, default=500, help="broker --flush-interval-ms in the s3 suite")
+    g = p.add_argument_group("failover suite (local 3-broker cluster)")
+    g.add_argument("--kills", type=int, default=20, help="leader kills (kill -9), one failover sample each")
+    g.add_argument("--failover-rate", type=float, default=200.0, help="records/s the idempotent producer writes")
+    g.add_argument("--failover-settle-s", type=float, default=2.0,
+                   help="after a restart: seconds the leader must stay put before the next kill")
     return p
+
+
+SUITES = ("local", "s3", "failover")
+
+
+def _suites(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(SUITES))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown suite(s) {unknown}; choose from {','.join(SUITES)}")
+    return names
 
 
 def _say(msg: str) -> None:
@@ -370,6 +396,20 @@ def measure(args: argparse.Namespace, data_dir: Path, log_path: Path) -> tuple[M
     return m, broker
 
 
+def _run_suite(name: str, fn: Callable[[argparse.Namespace, Path], SuiteResult], args: argparse.Namespace,
+               work_dir: Path) -> SuiteResult:
+    _say(f"=== suite {name}")
+    try:
+        res = fn(args, work_dir)
+    except Exception as exc:
+        _say(f"suite {name} failed: {exc!r}")
+        traceback.print_exc(file=sys.stderr)
+        return SuiteResult(name, failures=[f"suite {name}: {exc}"])
+    if res.skipped:
+        _say(res.skipped)
+    return res
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.record_size < workload.MIN_RECORD_SIZE:
         raise SystemExit(f"--record-size must be at least {workload.MIN_RECORD_SIZE}")
@@ -380,26 +420,46 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     else:  # the caller keeps the data, so keep the broker's log beside it
         data_dir = args.data_dir
         log_path = data_dir.with_name(data_dir.name + ".broker.log")
+    figures: list[Figure] = []
+    failures: list[str] = []
+    suite_meta: dict[str, Any] = {"suites": args.suite, "skipped": []}
+    m: Measurements | None = None
+    broker: BrokerProcess | None = None
     try:
-        m, broker = measure(args, data_dir, log_path)
+        if "local" in args.suite:
+            _say("=== suite local")
+            m, broker = measure(args, data_dir, log_path)
+            figures += build_figures(m, args)
+            failures += m.failures
+            suite_meta.update(m.meta)
+        extra = {"s3": s3_suite.run, "failover": failover_suite.run}
+        for name in args.suite:
+            if name in extra:
+                res = _run_suite(name, extra[name], args, tmp / name)
+                figures += res.figures
+                failures += res.failures
+                suite_meta.update(res.meta)
+                if res.skipped:
+                    suite_meta["skipped"].append(res.skipped)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if args.data_dir is not None and not args.bootstrap:
+        if args.data_dir is not None and not args.bootstrap and "local" in args.suite:
             _say(f"broker log kept in {log_path}")
-    figures = build_figures(m, args)
-    meta = {**metadata(args, argv, broker, started, time.monotonic() - t0), **m.meta, "failures": m.failures}
+    meta = {**metadata(args, argv, broker, started, time.monotonic() - t0), **suite_meta, "failures": failures}
     print(report.format_table(figures), flush=True)
     report.write_json(args.out, figures, meta)
     _say(f"wrote {args.out}")
-    if not args.no_plot:
+    if not args.no_plot and m is not None:
         plotted = {name: [v or 0.0 for v in pcts.values()]
                    for name, pcts in latency_series(m).items() if all(pcts.values())}
         png = args.out.with_suffix(".png")
         why_not = report.write_plot(png, plotted)
         _say(f"plot not written: {why_not}" if why_not else f"wrote {png}")
-    for failure in m.failures:
+    for skipped in suite_meta["skipped"]:
+        _say(f"SKIPPED: {skipped}")
+    for failure in failures:
         _say(f"FAILED: {failure}")
-    return 1 if m.failures else 0
+    return 1 if failures else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

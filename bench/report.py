@@ -58,7 +58,7 @@ def format_table(figures: Sequence[Figure]) -> str:
     headers = ("figure", "value", "unit", "baseline", "baseline value", "ratio", "note")
     rows = [(f.name, _fmt(f.value), f.unit, f.baseline_name or "-", _fmt(f.baseline_value),
              "-" if f.ratio is None else f"{f.ratio:.3g}x", f.note) for f in figures]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     numeric = {1, 4, 5}
 
     def line(cells: Sequence[str]) -> str:

@@ -139,6 +139,7 @@ def consume_throughput(bootstrap: str, topic: str, partitions: int) -> Throughpu
     """Read every record the broker still holds in ``topic``, from its log start to its end."""
     consumer = Consumer(consumer_config(bootstrap))
     try:
+        consumer.list_topics(topic, timeout=10)  # a fresh client may not know the partitions yet
         assignment, expected = [], 0
         for p in range(partitions):
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from bench.baselines import MockCluster, MockUnavailable
-from bench.harness import Measurements, Phase, build_figures, build_parser
+from bench.failover_suite import StoreSnapshot, orphan_bytes, segment_bytes_copied
+from bench.harness import SUITES, Measurements, Phase, build_figures, build_parser
 from bench.report import Figure, format_table, percentile
 from bench.workload import LatencyRun, Throughput
 
@@ -86,7 +87,7 @@ def test_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     except MockUnavailable as exc:
         pytest.skip(f"librdkafka mock cluster unavailable: {exc}")
     out = tmp_path / "latest.json"
-    cmd = [sys.executable, "-m", "bench", "--records", "2000", "--duration", "1", "--rate", "500",
+    cmd = [sys.executable, "-m", "bench", "--suite", "local", "--records", "2000", "--duration", "1", "--rate", "500",
            "--fsync-iterations", "200", "--data-dir", str(tmp_path / "data"), "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
@@ -113,10 +114,35 @@ def test_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     assert meta["failures"] == []
     assert meta["machine"]["cores"] >= 1
     assert meta["versions"]["confluent_kafka"] and meta["versions"]["librdkafka"]
-    assert meta["command"].startswith("python -m bench --records 2000")
+    assert meta["command"].startswith("python -m bench --suite local --records 2000")
     assert meta["date"]
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         return
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_suite_option_defaults_to_all_and_rejects_unknown_names() -> None:
+    assert build_parser().parse_args([]).suite == list(SUITES)
+    assert build_parser().parse_args(["--suite", "s3,failover"]).suite == ["s3", "failover"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--suite", "local,nope"])
+
+
+def test_segment_bytes_copied_counts_rewrites_and_recommitted_offsets_only() -> None:
+    def seg(p: int, base: int, epoch: int) -> str:
+        return f"data/t1/{p}/{base:020d}-{epoch}.seg"
+
+    committed = [(0, 49, seg(0, 0, 1)), (50, 79, seg(0, 50, 1)), (0, 6, seg(1, 0, 1))]
+    objects = {seg(0, 0, 1): 100, seg(0, 50, 1): 200, seg(1, 0, 1): 300, seg(0, 80, 1): 30}  # 80: orphan
+    before = StoreSnapshot(objects, committed)
+    # the new leader commits replayed and new data past the old ends (80 again: the orphan's offsets)
+    grown = [*committed, (80, 99, seg(0, 80, 2)), (7, 9, seg(1, 7, 2))]
+    after = StoreSnapshot({**objects, seg(0, 80, 2): 40, seg(1, 7, 2): 10}, grown)
+    assert segment_bytes_copied(before, after) == 0
+    assert orphan_bytes(before) == 30 and orphan_bytes(after) == 30
+    rewritten = StoreSnapshot({**after.objects, seg(0, 50, 1): 250}, grown)
+    assert segment_bytes_copied(before, rewritten) == 250
+    recopied = StoreSnapshot({**after.objects, seg(0, 50, 2): 200}, [*grown, (50, 79, seg(0, 50, 2))])
+    assert segment_bytes_copied(before, recopied) == 200

@@ -1,0 +1,218 @@
+"""The ``s3`` suite: Keel on a real S3 server (SeaweedFS) against raw S3 calls to that server.
+
+With ``--wal object`` every acknowledged produce costs at least one PUT, and a
+cold catch-up read costs GETs of segment objects; so the floor for each is
+the same S3 call made directly with ``S3ObjectStore`` in the same run:
+
+- ``s3_produce_latency_p50/p99``: ack latency of a broker with the object
+  WAL, next to ``raw_put_latency_p*`` (PUT of an object the size of the WAL
+  object one 1 KiB record produces, as the create-only PUT the WAL makes).
+- ``s3_catchup_read``: MB/s of a consumer reading a topic from offset 0
+  after a broker restart (cold caches), next to ``raw_get_read`` (the same
+  segment objects read sequentially in ranged GETs).
+
+SeaweedFS comes from tests/s3server.py; without a ``weed`` binary the suite
+is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from bench import workload
+from bench.broker_proc import REPO_ROOT, BrokerProcess
+from bench.report import Figure
+from bench.suite_common import MiB, SuiteResult, join_notes, pct_ms, sample_note, say
+from objectstore.s3 import S3ObjectStore
+
+if str(REPO_ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+from s3server import SeaweedFS, find_weed  # noqa: E402
+
+BUCKET = "keel-bench"
+# A WAL object holding one 1 KiB record: the record batch (~1.1 KiB) plus the WAL entry header.  The objects
+# the broker really wrote are listed into the metadata; at 500/s with linger 5 ms most hold 1-3 records.
+WAL_OBJECT_BYTES = 1152
+GET_RANGE_BYTES = 4 * MiB
+
+
+def weed_missing() -> str:
+    """Why the suite cannot run here, or "" if it can."""
+    try:
+        find_weed()
+    except FileNotFoundError as exc:
+        return str(exc)
+    return ""
+
+
+class _Store:
+    """A synchronous face on one S3ObjectStore, driven by its own event loop."""
+
+    def __init__(self, s3: SeaweedFS, prefix: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.store = S3ObjectStore(BUCKET, endpoint_url=s3.endpoint_url, region=s3.region, prefix=prefix,
+                                   access_key=s3.access_key, secret_key=s3.secret_key)
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.run(self.store.close())
+        self.loop.close()
+
+
+async def _put_latencies(store: S3ObjectStore, count: int, size: int) -> list[float]:
+    payload = bytes(size)
+    await store.put("raw-put/warmup", payload)
+    out = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        await store.put_if_absent(f"raw-put/{i:08d}", payload)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def _sequential_get(store: S3ObjectStore, objects: list[tuple[str, int]]) -> tuple[int, float]:
+    """Read every object in GET_RANGE_BYTES ranges, one request at a time: (bytes, seconds)."""
+    total = 0
+    t0 = time.perf_counter()
+    for key, size in objects:
+        for start in range(0, size, GET_RANGE_BYTES):
+            total += len(await store.get(key, start, min(size, start + GET_RANGE_BYTES)))
+    return total, time.perf_counter() - t0
+
+
+def _topic_id(store: _Store, topic: str) -> str | None:
+    try:
+        doc = json.loads(store.run(store.store.get(f"meta/topics/{topic}.json")))
+    except Exception:  # noqa: BLE001 - the fallback reads every segment
+        return None
+    value = doc.get("topic_id") or doc.get("id")
+    return str(value) if value else None
+
+
+def _wait_high_watermark(bootstrap: str, topic: str, want: int, timeout: float = 60.0) -> int:
+    """After a restart: wait until the partition is served again and holds ``want`` records."""
+    consumer = Consumer(workload.consumer_config(bootstrap))
+    deadline = time.monotonic() + timeout
+    high, last_error = -1, ""
+    try:
+        while time.monotonic() < deadline:
+            try:
+                part = consumer.list_topics(topic, timeout=5).topics[topic].partitions.get(0)
+                if part is None or part.leader < 0:
+                    raise RuntimeError(f"{topic}-0 has no leader yet")
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)
+                if high >= want:
+                    return high
+            except Exception as exc:  # noqa: BLE001 - not leader yet, keep asking
+                last_error = str(exc)
+            time.sleep(0.2)
+    finally:
+        consumer.close()
+    raise TimeoutError(f"{topic}-0 high watermark {high} < {want} after {timeout:.0f} s {last_error}")
+
+
+def run(args: Any, work_dir: Path) -> SuiteResult:
+    res = SuiteResult("s3")
+    missing = weed_missing()
+    if missing:
+        res.skipped = f"s3 suite skipped: {missing}"
+        return res
+    run_id = uuid.uuid4().hex[:8]
+    prefix = f"bench-{run_id}"
+    size = args.record_size
+    lat_topic, read_topic = f"bench-{run_id}-s3lat", f"bench-{run_id}-s3read"
+    read_records = max(1, int(args.s3_catchup_mb * 1e6 / size))
+    warmup = min(1000, max(20, round(args.s3_rate / 2)))
+    with SeaweedFS(work_dir / "weed") as s3:
+        say(f"SeaweedFS on {s3.endpoint_url}")
+        flags = ["--s3-endpoint", s3.endpoint_url, "--bucket", BUCKET, "--prefix", prefix, "--region", s3.region,
+                 "--wal", "object", "--flush-interval-ms", str(args.s3_flush_interval_ms), *args.broker_arg]
+        broker = BrokerProcess(work_dir / "s3-broker", work_dir / "s3-broker.log", flags, env=s3.env())
+        store = _Store(s3, prefix)
+        lat: workload.LatencyRun | None = None
+        read: workload.Throughput | None = None
+        errors: dict[str, str] = {}
+        wal_sizes: list[int] = []
+        try:
+            broker.start(timeout=60)
+            res.meta["broker_command"] = " ".join(broker.command())
+            say(f"s3: object-WAL produce latency at {args.s3_rate:g}/s for {args.s3_records:,} records")
+            try:
+                workload.prepare_topic(broker.bootstrap, lat_topic, 1)
+                lat = workload.produce_latency(broker.bootstrap, lat_topic, args.s3_rate, args.s3_records, size,
+                                               warmup)
+            except Exception as exc:  # noqa: BLE001 - recorded, the other phase still runs
+                errors["lat"] = f"failed: {exc}"
+                say(broker.log_tail())
+            wal_sizes = [o.size for o in store.run(store.store.list("wal/"))]
+            say(f"s3: producing {read_records:,} records ({args.s3_catchup_mb:g} MB) for the catch-up read")
+            try:
+                workload.prepare_topic(broker.bootstrap, read_topic, 1)
+                workload.produce_throughput(broker.bootstrap, read_topic, read_records, size)
+                say("s3: restarting the broker (cold caches)")
+                broker.stop()
+                broker.start(timeout=60)
+                _wait_high_watermark(broker.bootstrap, read_topic, read_records + 1)
+                say("s3: catch-up read from offset 0")
+                read = workload.consume_throughput(broker.bootstrap, read_topic, 1)
+            except Exception as exc:  # noqa: BLE001
+                errors["read"] = f"failed: {exc}"
+                say(broker.log_tail(6000))
+        finally:
+            code = broker.stop()
+            if code not in (0, None):
+                res.failures.append(f"s3 broker exited with code {code}")
+        try:
+            # Both baselines run with the broker stopped, so nothing competes with them.
+            wal_object = WAL_OBJECT_BYTES
+            say(f"s3: raw PUT latency, {args.s3_put_samples:,} x {wal_object} B")
+            puts = store.run(_put_latencies(store.store, args.s3_put_samples, wal_object))
+            topic_id = _topic_id(store, read_topic)
+            listing = store.run(store.store.list(f"data/{topic_id}/" if topic_id else "data/"))
+            segments = sorted((o.key, o.size) for o in listing)
+            say(f"s3: raw sequential GET of {len(segments)} segment objects")
+            got, secs = store.run(_sequential_get(store.store, segments)) if segments else (0, 0.0)
+        finally:
+            store.close()
+    res.meta.update(s3_wal_object_bytes=wal_object, s3_wal_objects_listed=len(wal_sizes),
+                    s3_wal_object_bytes_seen_median=statistics.median(wal_sizes) if wal_sizes else None,
+                    s3_wal_object_bytes_seen_min=min(wal_sizes, default=None),
+                    s3_segment_objects=len(segments), s3_segment_bytes=got, s3_get_range_bytes=GET_RANGE_BYTES,
+                    s3_raw_get_seconds=round(secs, 3), s3_prefix=prefix)
+    lat_note = errors.get("lat", "")
+    if lat is not None:
+        if lat.errors or lat.missing:
+            res.failures.append(f"s3 produce latency: {lat.errors} errors, {lat.missing} missing")
+            lat_note = f"{lat.errors} errors, {lat.missing} missing"
+        lat_note = join_notes(lat_note, sample_note(len(lat.latencies)),
+                              f"offered only {lat.achieved_rate:,.0f}/s"
+                              if lat.achieved_rate < 0.95 * args.s3_rate else "")
+    for p in (50.0, 99.0):
+        res.figures.append(Figure(
+            f"s3_produce_latency_p{p:g}", pct_ms(lat.latencies if lat else None, p), "ms",
+            f"raw_put_latency_p{p:g}", pct_ms(puts, p), samples=len(lat.latencies) if lat else None,
+            note=join_notes(lat_note, f"PUT {wal_object} B x {len(puts):,}")))
+    read_note = errors.get("read", "")
+    if read is not None and read.errors:
+        res.failures.append(f"s3 catch-up read: {read.errors} errors or missing records")
+        read_note = join_notes(read_note, f"{read.errors} errors/missing")
+    res.figures.append(Figure(
+        "s3_catchup_read", read.mb_per_s if read else None, "MB/s", "raw_get_read",
+        got / 1e6 / secs if secs > 0 else None, samples=read.records if read else None,
+        note=join_notes(read_note, f"{got / 1e6:,.0f} MB in {len(segments)} segments, "
+                                   f"{GET_RANGE_BYTES // MiB} MiB GETs")))
+    for key in ("lat", "read"):
+        if key in errors:
+            res.failures.append(f"s3 {key}: {errors[key]}")
+    return res
