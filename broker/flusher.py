@@ -108,7 +108,7 @@ class Flusher:
                          size=len(body), max_timestamp=footer.max_timestamp,
                          first_timestamp=min(b.max_timestamp for b in batches))
         await broker.update_manifest(plog, lambda m: dataclasses.replace(
-            m, segments=[*m.segments, ref], producers=plog.producers.snapshot()))
+            m, segments=[*m.segments, ref], producers=plog.producers.snapshot(upto_offset=ref.last_offset)))
         flushed = sum(len(b.data) for b in batches)
         plog.mark_flushed(ref, flushed, _keep_bytes(broker))
         if broker.logs.get((plog.topic.name, plog.partition)) is plog:

@@ -70,8 +70,15 @@ class ProducerStateTable:
             entry = self.producers[producer_id] = ProducerEntry(epoch)
         entry.batches.append((first_seq, last_seq, base_offset, last_offset))
 
-    def snapshot(self) -> dict[str, Any]:
-        return {str(pid): [e.epoch, [list(b) for b in e.batches]] for pid, e in self.producers.items()}
+    def snapshot(self, upto_offset: int | None = None) -> dict[str, Any]:
+        """The state as of ``upto_offset``: batches after it may not be durable yet (a new leader
+        rebuilds them from the WAL), so a snapshot stored with a segment must not claim them."""
+        out: dict[str, Any] = {}
+        for pid, e in self.producers.items():
+            batches = [list(b) for b in e.batches if upto_offset is None or b[3] <= upto_offset]
+            if batches:
+                out[str(pid)] = [e.epoch, batches]
+        return out
 
     @classmethod
     def restore(cls, snapshot: dict[str, Any]) -> ProducerStateTable:

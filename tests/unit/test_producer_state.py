@@ -67,3 +67,14 @@ def test_snapshot_restores_identical_decisions(ops: list[tuple[int, int, int]]) 
         for first in (0, next_seq.get(pid, 0)):
             assert restored.check(pid, epoch, first, first + count - 1) == table.check(pid, epoch, first,
                                                                                        first + count - 1)
+
+
+def test_snapshot_for_a_segment_leaves_out_batches_after_it() -> None:
+    """Batches after the flushed segment may never become durable: a new leader must not believe in them."""
+    table = ProducerStateTable()
+    table.record(5, 0, 0, 4, 0, 4)  # flushed
+    table.record(5, 0, 5, 9, 5, 9)  # accepted, maybe not durable
+    restored = ProducerStateTable.restore(table.snapshot(upto_offset=4))
+    assert restored.check(5, 0, 5, 9).duplicate_of is None  # a retry is written, not answered from thin air
+    assert restored.check(5, 0, 5, 9).error == ErrorCode.NONE
+    assert restored.check(5, 0, 0, 4).duplicate_of == (0, 4)
