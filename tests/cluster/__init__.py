@@ -1,0 +1,1 @@
+"""Multi-broker tests: several ``keel serve`` processes sharing one object store."""
