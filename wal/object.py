@@ -23,7 +23,7 @@ import random
 from collections import deque
 from collections.abc import Sequence
 
-from objectstore.base import NotFound, ObjectStore, ObjectStoreError, PreconditionFailed
+from objectstore.base import ObjectStore, ObjectStoreError, PreconditionFailed, TransientError
 from wal.base import Buffer, WalEntry, WalError, WriteAheadLog
 from wal.framing import encode_entry, scan_entries
 
@@ -72,7 +72,15 @@ class ObjectWriteAheadLog(WriteAheadLog):
                 stale.append(info.key)  # after a hole or damage: never acknowledged
                 broken = True
                 continue
-            data = await self.store.get(info.key)
+            try:
+                data = await self.store.get(info.key)
+            except TransientError:
+                raise
+            except ObjectStoreError as exc:  # a PUT that never completed: nothing from here was acknowledged
+                log.error("WAL object %s is unreadable (%s); it and later objects are not replayed", info.key, exc)
+                stale.append(info.key)
+                broken = True
+                continue
             found: list[WalEntry] = []
             _end, next_position, problem = scan_entries(data, first, found)
             if problem is not None:
@@ -125,19 +133,20 @@ class ObjectWriteAheadLog(WriteAheadLog):
         body = b"".join(encode_entry(position, parts) for position, parts, _ in batch)
         key = self._key(first)
         attempt = 0
+        overwrite = False
         async with self._slots:
             while True:
                 try:
-                    await self.store.put_if_absent(key, body)
+                    if overwrite:
+                        await self.store.put(key, body)
+                    else:
+                        await self.store.put_if_absent(key, body)
                     break
                 except PreconditionFailed:
-                    # Our own earlier attempt may have landed although the client saw an error.
-                    try:
-                        if await self.store.get(key) == body:
-                            break
-                    except NotFound:
-                        continue
-                    raise WalError(f"WAL object {key} exists with other content: another writer?") from None
+                    # The key lies in this incarnation's own prefix, so what is there can only be an earlier
+                    # attempt of this very write (whole, or cut short and left empty by the store).
+                    # Nothing in it was acknowledged yet: write it whole.
+                    overwrite = True
                 except ObjectStoreError as exc:
                     attempt += 1
                     self.stats["put_retries"] += 1

@@ -9,16 +9,18 @@ still be alive), it just stops at the first entry that does not check out.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from objectstore.base import NotFound, ObjectStore
+from objectstore.base import NotFound, ObjectStore, ObjectStoreError, TransientError
 from wal.base import WalEntry
 from wal.framing import scan_entries
 
 SUFFIX = ".wal"
+log = logging.getLogger(__name__)
 
 
 def wal_location(engine: str, base: str, incarnation: int) -> dict[str, Any]:
@@ -66,7 +68,16 @@ async def _scan_in_order(names: list[str], read: Callable[[str], Awaitable[bytes
     for first, name in pieces:
         if expected is not None and first != expected:
             break
-        data = await read(name)
+        try:
+            data = await read(name)
+        except TransientError:
+            raise
+        except ObjectStoreError as exc:
+            # An object whose PUT never completed (e.g. the writer was killed mid-upload, which some
+            # stores keep as an empty object).  Acknowledgements are in order, so nothing from here on
+            # was acknowledged: this is the end of the log.
+            log.warning("WAL piece %s is unreadable (%s); replay stops there", name, exc)
+            break
         if data is None:
             expected = None
             continue
