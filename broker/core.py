@@ -452,9 +452,12 @@ class Broker:
             return
         plog.mark_durable(batch, future.result())
         if not done.done():
-            # Fencing: acknowledge only while this broker is certainly still the leader.
+            # Fencing: acknowledge only while this broker is certainly still the leader.  The batch is in
+            # the WAL and a new leader may replay it, so the answer must say "possibly written"
+            # (a timeout: the client retries the same batch, which is deduplicated), never NOT_LEADER,
+            # which tells an idempotent client the batch was not written and lets it renumber.
             if plog.resigned or not self.membership.lease_valid():
-                done.set_result(AppendResult(ErrorCode.NOT_LEADER_OR_FOLLOWER, message="leadership lost"))
+                done.set_result(AppendResult(ErrorCode.REQUEST_TIMED_OUT, message="leadership lost after the write"))
             else:
                 done.set_result(result)
 
@@ -473,7 +476,7 @@ class Broker:
             if self.failed is not None:
                 done.set_result(AppendResult(ErrorCode.KAFKA_STORAGE_ERROR, message="write-ahead log failed"))
             elif plog.high_watermark <= last:
-                done.set_result(AppendResult(ErrorCode.NOT_LEADER_OR_FOLLOWER, message="leadership lost"))
+                done.set_result(AppendResult(ErrorCode.REQUEST_TIMED_OUT, message="leadership lost"))
             else:
                 done.set_result(result)
 
