@@ -43,7 +43,7 @@ KILL_AFTER_ACKS = VALUES // 4
 WAIT_S = 60.0
 RETRY_S = 10.0
 # Errors a client retries: the partition's leader is not (yet) serving it.
-RETRIABLE = {ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.LEADER_NOT_AVAILABLE}
+RETRIABLE = {ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.LEADER_NOT_AVAILABLE, ErrorCode.REQUEST_TIMED_OUT}
 
 
 # --- a minimal wire client ---------------------------------------------------------------
