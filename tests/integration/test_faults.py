@@ -261,6 +261,10 @@ def test_broker_started_during_s3_outage_waits_then_serves(s3_broker_factory: S3
         broker.wait_on_start = False
         broker.start()
         time.sleep(4)  # several of the store's retry rounds
+        deadline = time.monotonic() + 30  # a loaded machine may take longer to get through the retries
+        while "object store unreachable" not in broker.log_text() and time.monotonic() < deadline:
+            assert broker.is_running(), f"the broker exited while S3 was down\n{broker.log_tail()}"
+            time.sleep(0.2)
         assert broker.is_running(), f"the broker exited while S3 was down\n{broker.log_tail()}"
         with pytest.raises(OSError):
             api_versions_v0(broker.address, timeout=0.5)  # not serving before it has its state
