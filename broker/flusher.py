@@ -92,6 +92,12 @@ class Flusher:
         """Writes ``batches`` as one segment object and commits it to the manifest.
 
         ``require_current=False`` is for a partition being taken over, not yet served."""
+        async with plog.flush_lock:  # the flusher and a hand-over must not write the same range twice
+            batches = [b for b in batches if b.last_offset >= plog.flushed_offset]
+            if batches:
+                await self._flush_partition(plog, batches, require_current)
+
+    async def _flush_partition(self, plog: PartitionLog, batches: list[TailBatch], require_current: bool) -> None:
         broker = self.broker
         if require_current and broker.logs.get((plog.topic.name, plog.partition)) is not plog:
             return  # resigned or deleted meanwhile

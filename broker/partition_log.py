@@ -46,6 +46,7 @@ class PartitionLog:
     unflushed_bytes: int = 0
     tail_bytes: int = 0
     manifest_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     resigned: bool = False
     handing_over: bool = False
 

@@ -171,17 +171,12 @@ class ObjectWriteAheadLog(WriteAheadLog):
             self._durable_upto = end
 
     async def trim(self, before_position: int) -> None:
-        doomed = []
-        objects = sorted(self._objects)
-        keep = []
-        for first, end, key in objects:
-            if end <= before_position and end <= self._durable_upto:
-                doomed.append(key)
-            else:
-                keep.append((first, end, key))
+        doomed = [key for _first, end, key in self._objects
+                  if end <= before_position and end <= self._durable_upto]
         if doomed:
             await self.store.delete_many(doomed)
-            self._objects = deque(keep)
+            gone = set(doomed)  # objects written while the delete ran must stay known
+            self._objects = deque(o for o in self._objects if o[2] not in gone)
 
     async def close(self) -> None:
         self._closed = True
