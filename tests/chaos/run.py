@@ -71,7 +71,7 @@ KINDS = ("kill", "freeze", "store", "add", "remove")
 WEIGHTS = {"kill": 4, "freeze": 3, "store": 3, "add": 1, "remove": 1}
 FAILOVER_KINDS = ("kill", "freeze", "remove")
 DRAIN_S = 60.0  # after healing: longest wait for outstanding deliveries
-HEAL_S = 90.0  # longest wait for every partition to have a leader again after the last fault
+HEAL_S = 300.0  # longest wait for every partition to be served again after the last fault
 
 
 @dataclass
@@ -238,6 +238,7 @@ class ChaosRun:
         self.producers: list[ProducerThread] = []
         self.readers: list[ReaderThread] = []
         self._tmp: str | None = None
+        self.recovered_s: float | None = None  # from the end of the faults until every partition is served
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -438,9 +439,25 @@ class ChaosRun:
         started = time.monotonic()
         try:
             self.cluster.wait_for_leaders(self.topic, self.options.partitions, timeout=HEAL_S)
-            self.log(f"healed in {time.monotonic() - started:.1f} s: serving {self._serving_ids()}")
+            wait_until(self._all_readable, max(1.0, HEAL_S - (time.monotonic() - started)), interval=1.0,
+                       what="every partition answering ListOffsets")
+            self.recovered_s = time.monotonic() - started
+            self.log(f"healed in {self.recovered_s:.1f} s: serving {self._serving_ids()}")
         except TimeoutError as exc:  # the read-back will show what this costs
-            self.log(f"not every partition has a leader {HEAL_S:.0f} s after healing: {exc}")
+            self.log(f"not every partition is served {HEAL_S:.0f} s after healing: {exc}")
+
+    def _all_readable(self) -> bool:
+        """Whether every partition's leader really serves it (a Metadata leader may still be taking over)."""
+        consumer = Consumer({"bootstrap.servers": self.cluster.bootstrap, "group.id": "chaos-heal",
+                             "log_level": 2})
+        try:
+            for p in range(self.options.partitions):
+                consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)
+            return True
+        except KafkaException:
+            return False
+        finally:
+            consumer.close()
 
     # -- measuring --------------------------------------------------------------------------
 
@@ -547,6 +564,7 @@ class ChaosRun:
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()},
             "topic": self.topic,
             "fault_phase_s": round(fault_phase_s, 1),
+            "recovery_after_faults_s": None if self.recovered_s is None else round(self.recovered_s, 1),
             "total_s": round(self.now(), 1),
             "faults": {"total": len(self.faults), "by_kind": dict(kinds)},
             "counts": verdict.as_dict(),
@@ -574,27 +592,34 @@ class ChaosRun:
         }
 
     def cleanup(self) -> None:
+        """Stops every thread and process the run started; each step runs even if an earlier one fails
+        (or a second Ctrl-C arrives)."""
         for producer in self.producers:
             producer.stop_sending.set()
         for reader in self.readers:
             reader.stop.set()
-        for thread in [*self.producers, *self.readers]:
-            thread.join(10)
-        with contextlib.suppress(Exception):
-            self.cluster.close()
-        if self.proxy is not None:
-            self.proxy.stop()
-        if self.weed is not None:
-            self.weed.stop()
+        steps = [lambda: self.cluster.close() if hasattr(self, "cluster") else None,
+                 lambda: self.proxy.stop() if self.proxy is not None else None,
+                 lambda: self.weed.stop() if self.weed is not None else None,
+                 *[lambda t=t: t.join(5) for t in [*self.producers, *self.readers]]]
         if self._tmp is not None and not self.options.keep:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            steps.append(lambda: shutil.rmtree(self._tmp or "", ignore_errors=True))
+        for step in steps:
+            try:
+                step()
+            except BaseException as exc:  # noqa: BLE001 - keep cleaning up; report it
+                print(f"cleanup step failed: {exc!r}", file=sys.stderr)
 
 
 def run_chaos(options: Options) -> dict[str, Any]:
-    """Runs one chaos test and returns its report (also written to ``options.report``)."""
+    """Runs one chaos test and returns its report (written to ``options.report`` before cleaning up)."""
     run = ChaosRun(options)
     try:
         report = run.run()
+        if options.report is not None:
+            options.report.parent.mkdir(parents=True, exist_ok=True)
+            options.report.write_text(json.dumps(report, indent=2, default=str))
+        return report
     except BaseException:
         if not options.quiet:
             traceback.print_exc()
@@ -603,10 +628,6 @@ def run_chaos(options: Options) -> dict[str, Any]:
         raise
     finally:
         run.cleanup()
-    if options.report is not None:
-        options.report.parent.mkdir(parents=True, exist_ok=True)
-        options.report.write_text(json.dumps(report, indent=2, default=str))
-    return report
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -657,4 +678,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: after a long run with many replaced producers, destroying their
+    # librdkafka handles at exit once crashed the process (SIGSEGV) after the report was written.
+    os._exit(code)
