@@ -34,7 +34,7 @@ _TESTS = Path(__file__).resolve().parents[1]
 if str(_TESTS) not in sys.path:  # where pytest puts it; `python -m tests.chaos.run` needs it too
     sys.path.insert(0, str(_TESTS))
 
-from integration.broker_process import HOST, BrokerProcess  # noqa: E402
+from integration.broker_process import HOST, BrokerProcess, _recv_exact  # noqa: E402
 from objectstore.base import NotFound, ObjectStore  # noqa: E402
 from protocol.framing import RequestHeader, encode_request  # noqa: E402
 from protocol.schema import request_codec, response_codec  # noqa: E402
@@ -45,16 +45,6 @@ FIRST_BROKER_ID = 1
 
 
 # ---- the raw protocol ------------------------------------------------------------------------
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"connection closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
 
 
 class RawConnection:
