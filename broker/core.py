@@ -30,6 +30,7 @@ from broker.retention import retention_start
 from broker.segment_reader import SegmentReader
 from broker.storage import build_object_store, build_wal, remove_old_wals, wal_base
 from broker.topic_configs import TopicConfig
+from broker.wal_floors import WalFloors
 from metadata.cluster import Assignments, BrokerRegistration, ClusterStore
 from metadata.store import (
     ConflictError,
@@ -80,7 +81,7 @@ class Broker:
         self.cluster_brokers: dict[int, BrokerRegistration] = {}
         self.assignments = Assignments()
         self.leaving = False
-        self.wal_floor: int | None = None
+        self.wal_floors = WalFloors()
         self._old_wals_swept = False
         self._topics_dirty = False
         self._cluster_task: asyncio.Task[None] | None = None
@@ -172,7 +173,7 @@ class Broker:
         if self.wal is not None:
             old, self.wal = self.wal, None
             await old.close()
-        self.wal_floor = None
+        self.wal_floors.clear()
         incarnation = await self.membership.register()
         wal = build_wal(self.settings, self.store, incarnation)
         await wal.open()

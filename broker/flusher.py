@@ -130,8 +130,13 @@ class Flusher:
             return  # between incarnations
         positions = [p for plog in broker.logs.values()
                      if (p := plog.oldest_unflushed_wal_position()) is not None and p >= 0]
-        if broker.wal_floor is not None:
-            positions.append(broker.wal_floor)  # entries a new leader may still have to replay
+        try:
+            await broker.wal_floors.release_done(broker.meta)
+        except ObjectStoreError as exc:
+            log.warning("checking WAL pins failed (%s); keeping them", exc)
+        floor = broker.wal_floors.floor()
+        if floor is not None:
+            positions.append(floor)  # entries a new leader may still have to replay
         await broker.wal.trim(min(positions, default=broker.wal.next_position))
 
 

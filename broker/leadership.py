@@ -156,7 +156,7 @@ class Leadership:
             position = plog.oldest_unflushed_wal_position()
             if position is not None and position >= 0:
                 # Unflushed data stays in this WAL for the next leader to replay: never trim it.
-                broker.wal_floor = position if broker.wal_floor is None else min(broker.wal_floor, position)
+                broker.wal_floors.pin(plog.manifest, position)
             plog.resigned = True
             broker.unflushed_bytes -= plog.unflushed_bytes
             plog.wake()

@@ -20,6 +20,7 @@ from wal.base import WalEntry
 from wal.framing import scan_entries
 
 SUFFIX = ".wal"
+READ_AHEAD = 16  # WAL pieces fetched at once during a replay
 log = logging.getLogger(__name__)
 
 
@@ -61,15 +62,33 @@ def _first_position(name: str) -> int | None:
 
 
 async def _scan_in_order(names: list[str], read: Callable[[str], Awaitable[bytes | None]]) -> list[WalEntry]:
-    """Entries of the WAL pieces named by the position of their first entry, up to the first gap or damage."""
+    """Entries of the WAL pieces named by the position of their first entry, up to the first gap or damage.
+
+    Pieces are fetched up to ``READ_AHEAD`` at a time (a takeover waits for this) and scanned in order."""
     pieces = sorted((p, name) for name in names if (p := _first_position(name)) is not None)
+    slots = asyncio.Semaphore(READ_AHEAD)
+
+    async def fetch(name: str) -> bytes | None:
+        async with slots:
+            return await read(name)
+
+    reads = [asyncio.ensure_future(fetch(name)) for _first, name in pieces]
+    try:
+        return await _scan(pieces, reads)
+    finally:
+        for pending in reads:
+            pending.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
+
+
+async def _scan(pieces: list[tuple[int, str]], reads: list[asyncio.Future[bytes | None]]) -> list[WalEntry]:
     entries: list[WalEntry] = []
     expected: int | None = None
-    for first, name in pieces:
+    for (first, name), pending in zip(pieces, reads, strict=True):
         if expected is not None and first != expected:
             break
         try:
-            data = await read(name)
+            data = await pending
         except TransientError:
             raise
         except ObjectStoreError as exc:
