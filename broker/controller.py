@@ -42,6 +42,10 @@ log = logging.getLogger("keel.controller")
 MAX_MOVES_PER_ROUND = 8
 
 
+class LeaderStillLive(Exception):
+    """The partition's current leader was seen live by a fresh read; electing now could make two leaders."""
+
+
 def registration_wal(registration: BrokerRegistration) -> dict[str, object]:
     wal = registration.wal
     return wal_location(str(wal.get("engine")), str(wal.get("base")), registration.incarnation)
@@ -163,9 +167,13 @@ class Controller:
             load[target] += 1
             elections.append((key, topic, p, live[target]))
         if elections:
-            results = await asyncio.gather(*(self._elect(t, p, reg) for _, t, p, reg in elections),
+            lease_checks: dict[tuple[int, int], asyncio.Future[bool]] = {}
+            results = await asyncio.gather(*(self._elect(t, p, reg, lease_checks) for _, t, p, reg in elections),
                                            return_exceptions=True)
             for (key, _t, _p, reg), result in zip(elections, results, strict=True):
+                if isinstance(result, LeaderStillLive):
+                    log.info("not electing a leader for %s yet: %s", key, result)
+                    continue
                 if isinstance(result, BaseException):
                     log.warning("electing a leader for %s failed: %s", key, result)
                     continue
@@ -185,8 +193,24 @@ class Controller:
                 return
             broker.on_assignments(assignments)
 
-    async def _elect(self, topic: TopicRecord, partition: int, target: BrokerRegistration) -> int:
-        """Makes ``target`` the leader in the manifest (fencing the old one); returns the new epoch."""
+    async def _lease_over(self, broker_id: int, incarnation: int) -> bool:
+        """Whether incarnation ``incarnation`` of ``broker_id`` can no longer acknowledge anything.
+
+        Decided on a registration read *now*: the one the round started with may be older than a
+        renewal that landed since (under a slow store, by hundreds of ms), and electing on it would
+        give the partition a second leader while the first still, rightly, believes its lease holds.
+        A renewal that lands after the expiry read here does not revive the incarnation: the broker
+        extends its lease only by renewals that landed before its lease ran out."""
+        asked_at = wall_ms()
+        registration, _etag = await self.cluster.read_broker(broker_id)
+        return (registration is None or registration.incarnation != incarnation
+                or registration.lease_expiry_ms <= asked_at)
+
+    async def _elect(self, topic: TopicRecord, partition: int, target: BrokerRegistration,
+                     lease_checks: dict[tuple[int, int], asyncio.Future[bool]]) -> int:
+        """Makes ``target`` the leader in the manifest (fencing the old one); returns the new epoch.
+
+        Raises LeaderStillLive when the manifest's leader may still hold its lease."""
         meta = self.broker.meta
 
         def change(manifest: object) -> object:
@@ -200,6 +224,13 @@ class Controller:
 
         while True:
             manifest, etag = await meta.load_manifest(topic.topic_id, partition)
+            holder = (manifest.leader, manifest.leader_incarnation)
+            if manifest.leader >= 0 and holder != (target.broker_id, target.incarnation):
+                check = lease_checks.get(holder)
+                if check is None:
+                    check = lease_checks[holder] = asyncio.ensure_future(self._lease_over(*holder))
+                if not await asyncio.shield(check):
+                    raise LeaderStillLive(f"broker {holder[0]} incarnation {holder[1]} may still hold its lease")
             updated = change(manifest)
             try:
                 await meta.commit_manifest(updated, etag)  # type: ignore[arg-type]

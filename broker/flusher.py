@@ -126,18 +126,21 @@ class Flusher:
 
     async def _trim_wal(self) -> None:
         broker = self.broker
-        if broker.wal is None:
+        wal = broker.wal
+        if wal is None:
             return  # between incarnations
-        positions = [p for plog in broker.logs.values()
-                     if (p := plog.oldest_unflushed_wal_position()) is not None and p >= 0]
         try:
             await broker.wal_floors.release_done(broker.meta)
         except ObjectStoreError as exc:
             log.warning("checking WAL pins failed (%s); keeping them", exc)
+        if broker.wal is not wal:
+            return  # a new incarnation started meanwhile; its WAL is trimmed by the next round
+        positions = [p for plog in broker.logs.values()
+                     if (p := plog.oldest_unflushed_wal_position()) is not None and p >= 0]
         floor = broker.wal_floors.floor()
         if floor is not None:
             positions.append(floor)  # entries a new leader may still have to replay
-        await broker.wal.trim(min(positions, default=broker.wal.next_position))
+        await wal.trim(min(positions, default=wal.next_position))
 
 
 def _take(batches: list[TailBatch], limit: int) -> list[TailBatch]:

@@ -37,7 +37,10 @@ if TYPE_CHECKING:
     from broker.core import Broker
 
 log = logging.getLogger("keel.leadership")
-WAL_CACHE_SECONDS = 5.0
+# Takeovers of one dead incarnation's partitions start together and share one read of its WAL.  A read
+# is only valid once that incarnation can no longer acknowledge (the controller elects only then), so
+# it is never reused beyond this window.
+WAL_CACHE_SECONDS = 1.0
 MAX_PARALLEL_TAKEOVERS = 16
 
 

@@ -1,0 +1,64 @@
+"""The controller elects a new leader only on a fresh read showing the old leader's lease is over.
+
+Found by the chaos suite: a registration read at the start of a controller round can be older than a
+renewal that landed since.  Electing on it gave a partition two leaders that both acknowledged writes
+at the same offsets (docs/chaos.md).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from broker.controller import Controller, LeaderStillLive
+from broker.membership import wall_ms
+from metadata.cluster import BrokerRegistration, ClusterStore
+from metadata.store import Manifest, MetadataStore, TopicRecord
+from objectstore.memory import MemoryObjectStore
+
+TOPIC = TopicRecord(name="audit", topic_id="ab" * 16, partitions=1)
+OLD_WAL = {"engine": "object", "prefix": "wal/3/5"}
+
+
+def registration(broker_id: int, incarnation: int, expiry_ms: int) -> BrokerRegistration:
+    return BrokerRegistration(broker_id=broker_id, host="127.0.0.1", port=9000 + broker_id,
+                              incarnation=incarnation, lease_expiry_ms=expiry_ms,
+                              wal={"engine": "object", "base": f"wal/{broker_id}"})
+
+
+async def setup() -> tuple[Controller, ClusterStore, MetadataStore]:
+    meta = MetadataStore(MemoryObjectStore())
+    cluster = ClusterStore(meta)
+    controller = Controller(SimpleNamespace(cluster=cluster, meta=meta))  # type: ignore[arg-type]
+    await meta.commit_manifest(Manifest(topic_id=TOPIC.topic_id, partition=0, leader_epoch=9, leader=3,
+                                        leader_incarnation=5, leader_wal=OLD_WAL), None)
+    return controller, cluster, meta
+
+
+async def test_no_election_while_a_fresh_read_shows_the_leader_renewed() -> None:
+    controller, cluster, meta = await setup()
+    # The round's cached view said "expired", but the renewal that landed since says otherwise.
+    await cluster.write_broker(registration(3, 5, wall_ms() + 1000), None)
+    target = registration(1, 8, wall_ms() + 1000)
+    with pytest.raises(LeaderStillLive):
+        await controller._elect(TOPIC, 0, target, {})
+    manifest, _etag = await meta.load_manifest(TOPIC.topic_id, 0)
+    assert (manifest.leader, manifest.leader_epoch, manifest.replay_from) == (3, 9, [])
+
+
+async def test_election_after_the_lease_ran_out_fences_and_lists_the_old_wal() -> None:
+    controller, cluster, meta = await setup()
+    await cluster.write_broker(registration(3, 5, wall_ms() - 1), None)
+    target = registration(1, 8, wall_ms() + 1000)
+    assert await controller._elect(TOPIC, 0, target, {}) == 10
+    manifest, _etag = await meta.load_manifest(TOPIC.topic_id, 0)
+    assert (manifest.leader, manifest.leader_incarnation, manifest.leader_epoch) == (1, 8, 10)
+    assert manifest.replay_from == [[OLD_WAL, 9]]
+
+
+async def test_a_newer_incarnation_means_the_old_one_is_over() -> None:
+    controller, cluster, _meta = await setup()
+    # Registering incarnation 6 waits out incarnation 5's lease first, whatever 6's own expiry is.
+    await cluster.write_broker(registration(3, 6, wall_ms() + 1000), None)
+    assert await controller._elect(TOPIC, 0, registration(3, 6, wall_ms() + 1000), {}) == 10
