@@ -2,8 +2,12 @@
 
 One run starts a broker (or uses ``--bootstrap``), measures the baselines
 (disk fsync, librdkafka's mock cluster) and the broker with the same client
-workloads, then prints a table and writes ``bench/results/latest.json``.
-What each figure means and the conventions behind it: docs/benchmarks.md.
+workloads, then prints a table and writes ``bench/results/latest.json`` and
+two PNG plots (latency percentiles, throughput over time).  The ``local``
+suite's workload (topics, partitions, producers, consumers, record size,
+keys, rate, duration) comes from options or an OMB-style TOML file
+(``--workload``, bench/workload_spec.py).  What each figure means and the
+conventions behind it: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any, Generic, TypeVar
 
 import confluent_kafka
 
-from bench import baselines, failover_suite, report, s3_suite, workload
+from bench import baselines, failover_suite, monitor, report, s3_suite, workload, workload_spec
 from bench.broker_proc import BrokerProcess, read_cpu_seconds, read_memory_kib
 from bench.report import PERCENTILES, Figure, pct_label, percentile
 from bench.suite_common import SuiteResult
@@ -39,21 +43,30 @@ MOCK_FETCH_WAIT_MS = 1
 # Past ~4,000 records per partition the mock's consumer stalls for hundreds of ms
 # (observed with librdkafka 2.16; it trims its log there), so its e2e phase is capped.
 MOCK_E2E_MAX_RECORDS = 12_000
-MAX_WARMUP = 1000
 KiB = 1024
 _T = TypeVar("_T")
-TopicFor = Callable[[str], tuple[str, int]]  # phase kind -> (topic name, partition count)
+TopicFor = Callable[[str], tuple[list[str], int]]  # phase kind -> (topic names, partitions per topic)
+Call = Callable[[workload.Meters], _T]
+PHASE_TITLES = {
+    "produce_throughput": "produce throughput phase (max rate, linger.ms=5)",
+    "consume_throughput": "consume throughput phase (catch-up read)",
+    "produce_latency": "produce latency phase (linger.ms=0)",
+    "e2e_latency": "end-to-end latency phase (linger.ms=0)",
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the None of the workload options (their help text gives the real one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description="One end-to-end benchmark run of Keel.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--duration", type=float, default=30.0, help="seconds of each fixed-rate latency phase")
-    p.add_argument("--rate", type=float, default=2000.0, help="records/s offered in the latency phases")
-    p.add_argument("--records", type=int, default=200_000, help="records sent in the throughput phase")
-    p.add_argument("--record-size", type=int, default=1024, help="bytes per record value")
-    p.add_argument("--partitions", type=int, default=4, help="partitions of each benchmark topic")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json", help="JSON results file")
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json",
+                   help="JSON results file; the PNGs go beside it (<stem>.png, <stem>-throughput.png)")
     p.add_argument("--bootstrap", help="benchmark a running broker at HOST:PORT instead of starting one")
     p.add_argument("--broker-pid", type=int, help="with --bootstrap: pid of that broker, for its RSS")
     p.add_argument("--data-dir", type=Path,
@@ -63,10 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra flag for `keel serve`, repeatable (e.g. --broker-arg=--no-wal-fsync)")
     p.add_argument("--fsync-iterations", type=int, default=5000, help="write+fdatasync samples")
     p.add_argument("--no-mock", action="store_true", help="skip librdkafka's mock-cluster baseline")
-    p.add_argument("--no-plot", action="store_true", help="do not write the latency PNG")
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG plots")
+    p.add_argument("--series-interval", type=float, default=1.0,
+                   help="seconds per point of the throughput-over-time series")
     p.add_argument("--suite", type=_suites, default=",".join(SUITES),
                    help=f"comma-separated suites to run, of {','.join(SUITES)}; a suite that cannot run here "
                         "(s3 without a `weed` binary) is skipped with the reason")
+    workload_spec.add_options(p)
     g = p.add_argument_group("s3 suite (SeaweedFS, object WAL)")
     g.add_argument("--s3-records", type=int, default=10_000, help="records measured in the object-WAL latency phase")
     g.add_argument("--s3-rate", type=float, default=500.0, help="records/s offered in the object-WAL latency phase")
@@ -119,6 +135,7 @@ class Measurements:
     rss_peak_kib: int | None = None
     failures: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    series: list[dict[str, Any]] = field(default_factory=list)  # throughput over time, one entry per phase
 
     def attempt(self, label: str, fn: Callable[[], _T], *, fatal: bool = True) -> Phase[_T]:
         """Run one phase; a failure is recorded (and fails the run if ``fatal``) but hides no other figure."""
@@ -143,77 +160,135 @@ class Run:
         self.mock_missing = mock_missing
         self.m = m
         self.run_id = uuid.uuid4().hex[:8]
-        self.count = max(1, round(args.rate * args.duration))
-        self.warmup = min(MAX_WARMUP, max(20, round(args.rate / 2)))
+        self.keys = workload.Keys(args.key_distribution, args.keys)
+        if args.rate > 0:  # a fixed rate: rate x duration records, after rate x warm-up ones
+            self.count: int | None = max(1, round(args.rate * args.duration))
+            self.warmup: int | None = round(args.rate * args.warmup)
+            self.seconds: float | None = None
+            self.warmup_seconds: float | None = None
+        else:  # max rate: bounded by time
+            self.count = self.warmup = None
+            self.seconds, self.warmup_seconds = args.duration, args.warmup
+        self.t0 = time.perf_counter()
         self._topics: dict[tuple[str, str], int] = {}
 
-    def keel_topic(self, kind: str) -> tuple[str, int]:
-        name = f"bench-{self.run_id}-{kind}"
-        if ("keel", name) not in self._topics:
-            self._topics["keel", name] = workload.prepare_topic(self.bootstrap, name, self.args.partitions)
-        return name, self._topics["keel", name]
+    def _names(self, kind: str) -> list[str]:
+        base = f"bench-{self.run_id}-{kind}"
+        return [base] if self.args.topics == 1 else [f"{base}-{i}" for i in range(self.args.topics)]
 
-    def mock_topic(self, kind: str) -> tuple[str, int]:
+    def keel_topic(self, kind: str) -> tuple[list[str], int]:
+        names = self._names(kind)
+        for name in names:
+            if ("keel", name) not in self._topics:
+                parts = workload.prepare_topic(self.bootstrap, name, self.args.partitions)
+                self._topics["keel", name] = self.m.meta["keel_partitions"] = parts
+        return names, min(self._topics["keel", n] for n in names)
+
+    def mock_topic(self, kind: str) -> tuple[list[str], int]:
         assert self.mock is not None
-        name = f"bench-{self.run_id}-{kind}"
-        if ("mock", name) not in self._topics:
-            # The mock has no CreateTopics: it auto-creates with librdkafka's default partition count.
-            parts = workload.prepare_topic(self.mock.bootstrap, name, self.args.partitions, create=False)
-            self._topics["mock", name] = self.m.meta["mock_partitions"] = parts
-        return name, self._topics["mock", name]
+        names = self._names(kind)
+        for name in names:
+            if ("mock", name) not in self._topics:
+                # The mock has no CreateTopics: it auto-creates with librdkafka's default partition count.
+                parts = workload.prepare_topic(self.mock.bootstrap, name, self.args.partitions, create=False)
+                self._topics["mock", name] = self.m.meta["mock_partitions"] = parts
+        return names, min(self._topics["mock", n] for n in names)
 
-    def both(self, label: str, fn: Callable[[str, TopicFor], _T]) -> tuple[Phase[_T], Phase[_T]]:
-        _say(f"Keel: {label}")
-        keel = self.m.attempt(f"Keel {label}", lambda: fn(self.bootstrap, self.keel_topic))
+    def observed(self, target: str, kind: str, label: str, call: Call[_T], *, watch: str = "produced",
+                 seconds: float | None = None, fatal: bool = True) -> Phase[_T]:
+        """One phase against one target, with its progress bar and its throughput-over-time series."""
+        name = "Keel" if target == "keel" else target
+        _say(f"{name}: {label}")
+        meters = workload.Meters()
+        with monitor.observe(f"{name} {kind.replace('_', ' ')}", meters, self.args.series_interval, watch,
+                             seconds) as timeline:
+            phase = self.m.attempt(f"{name} {label}", lambda: call(meters), fatal=fatal)
+        t = timeline[0]
+        self.m.series.append({
+            "target": target, "phase": kind, "title": PHASE_TITLES[kind], "record_size": self.args.record_size,
+            "start_s": None if t.started_at is None else round(t.started_at - self.t0, 3),
+            "t_s": t.t_s, "produced_records_per_s": t.produced_records_per_s,
+            "consumed_records_per_s": t.consumed_records_per_s, "produced_records": t.produced_records,
+            "consumed_records": t.consumed_records})
+        return phase
+
+    def both(self, kind: str, label: str, fn: Callable[[str, TopicFor, workload.Meters], _T], *,
+             watch: str = "produced", seconds: float | None = None) -> tuple[Phase[_T], Phase[_T]]:
+        keel = self.observed("keel", kind, label, lambda ms: fn(self.bootstrap, self.keel_topic, ms),
+                             watch=watch, seconds=seconds)
         if self.mock is None:
             return keel, Phase(None, f"baseline missing: {self.mock_missing}")
-        _say(f"mock: {label}")
         mock_bootstrap = self.mock.bootstrap
-        return keel, self.m.attempt(f"mock {label}", lambda: fn(mock_bootstrap, self.mock_topic), fatal=False)
+        return keel, self.observed("mock", kind, label, lambda ms: fn(mock_bootstrap, self.mock_topic, ms),
+                                   watch=watch, seconds=seconds, fatal=False)
 
-    # The phases; each takes a bootstrap address and the topic factory of that target.
+    # The phases; each takes a bootstrap address, the topic factory of that target and the phase's meters.
 
-    def throughput(self, target: str, topic: TopicFor) -> workload.Throughput:
-        name, _ = topic("tput")
-        return workload.produce_throughput(target, name, self.args.records, self.args.record_size, linger_ms=5)
+    def throughput(self, target: str, topic: TopicFor, meters: workload.Meters) -> workload.Throughput:
+        names, _ = topic("tput")
+        return workload.produce_throughput(target, names, self.args.records, self.args.record_size, linger_ms=5,
+                                           producers_per_topic=self.args.producers_per_topic, keys=self.keys,
+                                           meters=meters)
 
-    def consume(self, target: str, topic: TopicFor) -> workload.Throughput:
-        name, parts = topic("tput")
-        return workload.consume_throughput(target, name, parts)
+    def consume(self, target: str, topic: TopicFor, meters: workload.Meters) -> workload.Throughput:
+        names, parts = topic("tput")
+        return workload.consume_throughput(target, names, parts, consumers_per_topic=self.args.consumers_per_topic,
+                                           meters=meters)
 
-    def latency(self, target: str, topic: TopicFor) -> workload.LatencyRun:
-        name, _ = topic("lat")
-        return workload.produce_latency(target, name, self.args.rate, self.count, self.args.record_size,
-                                        self.warmup)
+    def latency(self, target: str, topic: TopicFor, meters: workload.Meters) -> workload.LatencyRun:
+        names, _ = topic("lat")
+        return workload.produce_latency(target, names, self.args.rate, self.count, self.args.record_size,
+                                        self.warmup, seconds=self.seconds, warmup_seconds=self.warmup_seconds,
+                                        producers_per_topic=self.args.producers_per_topic, keys=self.keys,
+                                        meters=meters)
 
-    def e2e(self, target: str, topic: TopicFor) -> workload.LatencyRun:
-        name, parts = topic("e2e")
+    def e2e(self, target: str, topic: TopicFor, meters: workload.Meters) -> workload.LatencyRun:
+        names, parts = topic("e2e")
         if topic == self.mock_topic:
             # The mock answers a Fetch only when its wait expires (no wake-up on new data),
             # so its consumer polls every millisecond: that makes it the client-side floor.
-            n, wait = min(self.count, MOCK_E2E_MAX_RECORDS), MOCK_FETCH_WAIT_MS
+            n: int | None = min(self.count or MOCK_E2E_MAX_RECORDS, MOCK_E2E_MAX_RECORDS)
+            wait: int | None = MOCK_FETCH_WAIT_MS
         else:
             n, wait = self.count, None
-        return workload.end_to_end_latency(target, name, parts, self.args.rate, n, self.args.record_size,
-                                           self.warmup, fetch_wait_max_ms=wait)
+        return workload.end_to_end_latency(
+            target, names, parts, self.args.rate, n, self.args.record_size, self.warmup, fetch_wait_max_ms=wait,
+            seconds=self.seconds, warmup_seconds=self.warmup_seconds,
+            producers_per_topic=self.args.producers_per_topic, consumers_per_topic=self.args.consumers_per_topic,
+            keys=self.keys, meters=meters)
 
     def measure_all(self) -> None:
         a, m = self.args, self.m
+        clients = (f"{a.topics} topic(s) x {a.partitions} partitions, {a.producers_per_topic} producer(s) and "
+                   f"{a.consumers_per_topic} consumer(s) per topic, keys {a.key_distribution}")
+        _say(f"workload {a.workload_name}: {clients}")
         m.keel_put, m.mock_put = self.both(
-            f"produce throughput, {a.records:,} x {a.record_size} B, linger.ms=5", self.throughput)
-        m.keel_get, m.mock_get = self.both("consume throughput (catch-up read)", self.consume)
-        _say(f"Keel: produce latency at {a.rate:g}/s for {self.count:,} records, linger.ms=0")
-        m.keel_lat = m.attempt("Keel produce latency", lambda: self.latency(self.bootstrap, self.keel_topic))
-        m.keel_e2e, m.mock_e2e = self.both(
-            f"end-to-end latency at {a.rate:g}/s (Keel {self.count:,} records, mock "
-            f"{min(self.count, MOCK_E2E_MAX_RECORDS):,})", self.e2e)
+            "produce_throughput", f"produce throughput, {a.records:,} x {a.record_size} B, linger.ms=5",
+            self.throughput)
+        m.keel_get, m.mock_get = self.both("consume_throughput", "consume throughput (catch-up read)", self.consume,
+                                           watch="consumed")
+        pace = f"at {a.rate:g}/s for {self.count:,} records" if self.count else f"at max rate for {a.duration:g} s"
+        m.keel_lat = self.observed("keel", "produce_latency", f"produce latency {pace}, linger.ms=0",
+                                   lambda ms: self.latency(self.bootstrap, self.keel_topic, ms), seconds=self.seconds)
+        mock_n = f"{min(self.count, MOCK_E2E_MAX_RECORDS):,}" if self.count else f"<= {MOCK_E2E_MAX_RECORDS:,}"
+        e2e_pace = f"at {a.rate:g}/s (Keel {self.count:,} records" if self.count else \
+            f"at max rate for {a.duration:g} s (Keel"
+        m.keel_e2e, m.mock_e2e = self.both("e2e_latency", f"end-to-end latency {e2e_pace}, mock {mock_n})",
+                                           self.e2e, watch="consumed", seconds=self.seconds)
         for label, phase in (("produce throughput", m.keel_put), ("consume throughput", m.keel_get),
                              ("produce latency", m.keel_lat), ("end-to-end latency", m.keel_e2e)):
             res = phase.result
             missing = getattr(res, "missing", 0)
             if res is not None and (res.errors or missing):
                 m.failures.append(f"Keel {label}: {res.errors} errors, {missing} missing")
-        m.meta.update(latency_records=self.count, warmup_records=self.warmup)
+        lat, e2e = m.keel_lat.result, m.keel_e2e.result
+        m.meta.update(latency_records=lat.sent if lat else self.count,
+                      warmup_records=self.warmup, warmup_seconds=self.warmup_seconds)
+        if e2e is not None and e2e.keys:
+            received = sum(e2e.keys.values())
+            m.meta["e2e_keys"] = {"records": received, "distinct": len(e2e.keys),
+                                  "keyless": e2e.keys.get(None, 0),
+                                  "hottest_share": round(max(e2e.keys.values()) / received, 4)}
 
 
 def _ms(seconds: float) -> float:
@@ -231,7 +306,9 @@ def _latency_note(phase: Phase[workload.LatencyRun], rate: float) -> str:
     notes = []
     if run.errors or run.missing:
         notes.append(f"{run.errors} errors, {run.missing} missing ({run.first_error or 'no error text'})")
-    if run.achieved_rate < 0.95 * rate:
+    if rate <= 0:
+        notes.append(f"max rate: {run.achieved_rate:,.0f}/s offered")
+    elif run.achieved_rate < 0.95 * rate:
         notes.append(f"offered only {run.achieved_rate:,.0f}/s")
     if len(run.latencies) < MIN_PERCENTILE_SAMPLES:
         notes.append(f"< {MIN_PERCENTILE_SAMPLES:,} samples")
@@ -327,7 +404,7 @@ def _first_line_value(path: str, prefix: str) -> str | None:
 
 
 def metadata(args: argparse.Namespace, argv: Sequence[str], broker: BrokerProcess | None,
-             started: datetime, elapsed: float) -> dict[str, Any]:
+             started: datetime, elapsed: float, workload_meta: dict[str, Any] | None = None) -> dict[str, Any]:
     mem = _first_line_value("/proc/meminfo", "MemTotal")
     return {
         "date": started.isoformat(timespec="seconds"),
@@ -340,6 +417,7 @@ def metadata(args: argparse.Namespace, argv: Sequence[str], broker: BrokerProces
                      "confluent_kafka": _dist_version("confluent-kafka"),
                      "librdkafka": confluent_kafka.libversion()[0]},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "workload": workload_meta,
         "broker_command": shlex.join(broker.command()) if broker else None,
         "conventions": {"acks": "all", "latency_linger_ms": 0, "throughput_linger_ms": 5,
                         "mock_e2e_fetch_wait_max_ms": MOCK_FETCH_WAIT_MS,
@@ -410,9 +488,8 @@ def _run_suite(name: str, fn: Callable[[argparse.Namespace, Path], SuiteResult],
     return res
 
 
-def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    if args.record_size < workload.MIN_RECORD_SIZE:
-        raise SystemExit(f"--record-size must be at least {workload.MIN_RECORD_SIZE}")
+def run(args: argparse.Namespace, argv: Sequence[str], workload_meta: dict[str, Any] | None = None) -> int:
+    """One run with options already resolved (:func:`parse_args`); returns the exit status."""
     started, t0 = datetime.now(UTC), time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="keel-bench-"))
     if args.data_dir is None:
@@ -445,16 +522,20 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         if args.data_dir is not None and not args.bootstrap and "local" in args.suite:
             _say(f"broker log kept in {log_path}")
-    meta = {**metadata(args, argv, broker, started, time.monotonic() - t0), **suite_meta, "failures": failures}
+    meta = {**metadata(args, argv, broker, started, time.monotonic() - t0, workload_meta), **suite_meta,
+            "failures": failures}
     print(report.format_table(figures), flush=True)
-    report.write_json(args.out, figures, meta)
+    series = m.series if m is not None else []
+    report.write_json(args.out, figures, meta, {"interval_s": args.series_interval, "phases": series})
     _say(f"wrote {args.out}")
     if not args.no_plot and m is not None:
         plotted = {name: [v or 0.0 for v in pcts.values()]
                    for name, pcts in latency_series(m).items() if all(pcts.values())}
-        png = args.out.with_suffix(".png")
-        why_not = report.write_plot(png, plotted)
-        _say(f"plot not written: {why_not}" if why_not else f"wrote {png}")
+        for png, write in ((args.out.with_suffix(".png"), lambda path: report.write_plot(path, plotted)),
+                           (args.out.with_name(f"{args.out.stem}-throughput.png"),
+                            lambda path: report.write_throughput_plot(path, series))):
+            why_not = write(png)
+            _say(f"plot {png.name} not written: {why_not}" if why_not else f"wrote {png}")
     for skipped in suite_meta["skipped"]:
         _say(f"SKIPPED: {skipped}")
     for failure in failures:
@@ -462,6 +543,22 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 1 if failures else 0
 
 
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Options with the workload resolved (option > --workload file > default), and ``meta.workload``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        resolved = workload_spec.resolve(args)
+    except workload_spec.WorkloadError as exc:
+        parser.error(str(exc))
+    if args.series_interval <= 0:
+        parser.error("--series-interval must be positive")
+    resolved.update(producers=args.topics * args.producers_per_topic,
+                    consumers=args.topics * min(args.consumers_per_topic, args.partitions))
+    return args, resolved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run(build_parser().parse_args(argv), argv)
+    args, workload_meta = parse_args(argv)
+    return run(args, argv, workload_meta)

@@ -70,21 +70,32 @@ def format_table(figures: Sequence[Figure]) -> str:
     return "\n".join(out)
 
 
-def write_json(path: Path, figures: Sequence[Figure], meta: dict[str, Any]) -> None:
+def write_json(path: Path, figures: Sequence[Figure], meta: dict[str, Any],
+               timeseries: dict[str, Any] | None = None) -> None:
+    """``{"meta", "figures"}``, plus ``"timeseries"`` (throughput over time) when given."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"meta": meta, "figures": [asdict(f) for f in figures]}
+    doc: dict[str, Any] = {"meta": meta, "figures": [asdict(f) for f in figures]}
+    if timeseries is not None:
+        doc["timeseries"] = timeseries
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend; ImportError if matplotlib is missing."""
+    import matplotlib  # noqa: PLC0415 - optional dependency
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
 def write_plot(path: Path, series: dict[str, Sequence[float]]) -> str | None:
     """Bar chart of latency percentiles (ms) per series; returns why not if matplotlib is missing."""
     try:
-        import matplotlib  # noqa: PLC0415 - optional dependency
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        plt = _pyplot()
     except ImportError as exc:
         return f"matplotlib not available ({exc})"
     labels = [pct_label(p) for p in PERCENTILES]
@@ -98,6 +109,46 @@ def write_plot(path: Path, series: dict[str, Sequence[float]]) -> str | None:
     ax.set_ylabel("latency (ms, log scale)")
     ax.set_title("Keel latency percentiles vs baselines")
     ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None
+
+
+def write_throughput_plot(path: Path, phases: Sequence[dict[str, Any]]) -> str | None:
+    """Records/s over time, one panel per phase kind: produced (acknowledged) and consumed, Keel and baseline.
+
+    ``phases`` are the entries of the JSON's ``timeseries.phases``.  Returns
+    why no plot was written (matplotlib missing, or no phase has samples).
+    """
+    drawn = [p for p in phases if p["t_s"]]
+    if not drawn:
+        return "no throughput samples"
+    try:
+        plt = _pyplot()
+    except ImportError as exc:
+        return f"matplotlib not available ({exc})"
+    kinds = list(dict.fromkeys(p["phase"] for p in drawn))
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(9, 2.8 * len(kinds)), squeeze=False)
+    for ax, kind in zip(axes[:, 0], kinds, strict=True):
+        for p in (p for p in drawn if p["phase"] == kind):
+            style = "-" if p["target"] == "keel" else "--"
+            target = "Keel" if p["target"] == "keel" else p["target"]
+            # produced drawn wider, so it still shows where consumed runs on top of it
+            for what, color, width in (("produced", "tab:blue", 3.0), ("consumed", "tab:orange", 1.5)):
+                ys = p[f"{what}_records_per_s"]
+                if any(ys):  # each value holds over the interval that ends at its t
+                    ax.step([0.0, *p["t_s"]], [ys[0], *ys], where="pre", linestyle=style, color=color,
+                            linewidth=width, label=f"{target} {what}")
+        first = next(p for p in drawn if p["phase"] == kind)
+        ax.set_title(first.get("title", kind), fontsize="medium")
+        ax.set_ylabel("records/s")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    axes[-1, 0].set_xlabel("seconds since the phase's measured start")
+    fig.suptitle("Throughput over time (per interval)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -1,9 +1,10 @@
 """Keep ``make bench`` from rotting: run the real harness in a tiny mode and check its output.
 
-The run starts a real broker process and librdkafka's mock cluster, so it
-exercises every phase of ``python -m bench`` in a few seconds; the figures
-themselves are meaningless at this size, only their presence and shape are
-checked.
+The runs start a real broker process and librdkafka's mock cluster, so they
+exercise every phase of ``python -m bench`` in a few seconds (once with the
+defaults, once with a multi-topic, multi-client workload file); the figures
+themselves are meaningless at this size, only their presence and shape, and
+that the workload was applied, are checked.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,18 +83,22 @@ def test_missing_mock_leaves_baselines_empty_but_keeps_figures() -> None:
     assert figures["broker_peak_rss"].ratio == pytest.approx(4.0)
 
 
-def test_tiny_run_writes_every_figure(tmp_path: Path) -> None:
+def _tiny_run(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], subprocess.CompletedProcess[str], Path]:
+    """``python -m bench --suite local`` at a tiny size; returns the JSON document, the process and --out."""
     try:
         MockCluster().close()
     except MockUnavailable as exc:
         pytest.skip(f"librdkafka mock cluster unavailable: {exc}")
     out = tmp_path / "latest.json"
-    cmd = [sys.executable, "-m", "bench", "--suite", "local", "--records", "2000", "--duration", "1", "--rate", "500",
-           "--fsync-iterations", "200", "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    cmd = [sys.executable, "-m", "bench", "--suite", "local", *extra, "--fsync-iterations", "200",
+           "--data-dir", str(tmp_path / "data"), "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "\x1b[" not in proc.stderr, "progress bars must not be drawn when stderr is not a terminal"
+    return json.loads(out.read_text()), proc, out
 
-    doc = json.loads(out.read_text())
+
+def _check_figures(doc: dict[str, Any], stdout: str, record_size: int) -> dict[str, dict[str, Any]]:
     figures = {f["name"]: f for f in doc["figures"]}
     assert set(figures) == set(EXPECTED)
     for name, baseline in EXPECTED.items():
@@ -103,24 +109,88 @@ def test_tiny_run_writes_every_figure(tmp_path: Path) -> None:
         assert _positive(f["ratio"]), f
         assert f["ratio"] == pytest.approx(f["value"] / f["baseline_value"])
         assert f["unit"]
-        assert name in proc.stdout
-    assert figures["produce_throughput_records"]["value"] * 1024 / 1e6 == pytest.approx(
+        assert name in stdout
+    assert figures["produce_throughput_records"]["value"] * record_size / 1e6 == pytest.approx(
         figures["produce_throughput"]["value"])
-    assert figures["produce_latency_p50"]["samples"] == 500
     lat = [figures[f"produce_latency_{p}"]["value"] for p in ("p50", "p99", "p99.9")]
     assert lat == sorted(lat)
+    assert doc["meta"]["failures"] == []
+    return figures
+
+
+def _phases(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    series = doc["timeseries"]
+    assert series["interval_s"] > 0
+    return {(p["target"], p["phase"]): p for p in series["phases"]}
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+def test_tiny_run_writes_every_figure(tmp_path: Path) -> None:
+    doc, proc, out = _tiny_run(tmp_path, "--records", "2000", "--duration", "1", "--rate", "500")
+    figures = _check_figures(doc, proc.stdout, 1024)
+    assert figures["produce_latency_p50"]["samples"] == 500
 
     meta = doc["meta"]
-    assert meta["failures"] == []
     assert meta["machine"]["cores"] >= 1
     assert meta["versions"]["confluent_kafka"] and meta["versions"]["librdkafka"]
     assert meta["command"].startswith("python -m bench --suite local --records 2000")
     assert meta["date"]
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return
-    assert out.with_suffix(".png").stat().st_size > 0
+    assert meta["workload"]["name"] == "custom" and meta["workload"]["file"] is None
+    assert meta["workload"]["producer_rate"] == 500 and meta["workload"]["partitions_per_topic"] == 4
+    phases = _phases(doc)
+    assert {kind for _, kind in phases} == {"produce_throughput", "consume_throughput", "produce_latency",
+                                           "e2e_latency"}
+    assert sum(phases["keel", "produce_throughput"]["produced_records"]) == 2000
+    if _has_matplotlib():
+        assert out.with_suffix(".png").stat().st_size > 0
+        assert (tmp_path / "latest-throughput.png").stat().st_size > 0
+
+
+def test_tiny_run_applies_a_workload_file(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(
+        'name = "tiny-keyed"\ntopics = 2\npartitions_per_topic = 3\nmessage_size = 256\n'
+        'producers_per_topic = 2\nconsumers_per_topic = 2\nproducer_rate = 9999\n'
+        'key_distribution = "zipf"\nkeys = 50\ntest_duration_s = 1\nwarmup_s = 0.2\n'
+        'throughput_records = 3000\n')
+    # --rate overrides the file's producer_rate; everything else comes from the file.
+    doc, proc, out = _tiny_run(tmp_path, "--workload", str(spec), "--rate", "400")
+    figures = _check_figures(doc, proc.stdout, 256)
+    assert figures["produce_latency_p50"]["samples"] == 400  # 400/s x 1 s
+    assert figures["produce_throughput"]["samples"] == 3000
+
+    meta = doc["meta"]
+    w = meta["workload"]
+    assert w["name"] == "tiny-keyed" and w["file"] == str(spec)
+    assert (w["topics"], w["partitions_per_topic"], w["message_size"]) == (2, 3, 256)
+    assert (w["producers"], w["consumers"]) == (4, 4)
+    assert w["producer_rate"] == 400 and w["overridden_by_options"] == ["producer_rate"]
+    assert meta["options"]["record_size"] == 256
+    assert meta["keel_partitions"] == 3
+    assert meta["warmup_records"] == 80  # 400/s x 0.2 s
+    keys = meta["e2e_keys"]
+    assert keys["records"] == 400 and keys["keyless"] == 0
+    assert 1 < keys["distinct"] <= 50
+    assert keys["hottest_share"] > 0.1  # zipf over 50 keys: the hottest has ~22 %, uniform would give 2 %
+
+    phases = _phases(doc)
+    assert sum(phases["keel", "produce_throughput"]["produced_records"]) == 3000
+    assert sum(phases["keel", "consume_throughput"]["consumed_records"]) == 3000 + 4  # + a warm-up record each
+    e2e = phases["keel", "e2e_latency"]
+    assert sum(e2e["produced_records"]) == sum(e2e["consumed_records"]) == 400
+    for p in phases.values():
+        assert len(p["t_s"]) == len(p["produced_records_per_s"]) == len(p["consumed_records_per_s"])
+        assert p["t_s"] == sorted(p["t_s"])
+    if _has_matplotlib():
+        assert out.with_suffix(".png").stat().st_size > 0
+        assert (tmp_path / "latest-throughput.png").stat().st_size > 0
 
 
 def test_suite_option_defaults_to_all_and_rejects_unknown_names() -> None:
