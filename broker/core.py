@@ -351,6 +351,21 @@ class Broker:
             brokers[me.broker_id] = me
         return sorted(brokers.values(), key=lambda b: b.broker_id)
 
+    def responsive_brokers(self) -> dict[int, int]:
+        """Broker id -> incarnation of the brokers that renewed their lease recently: the leaders worth
+        naming to clients.  A leader that missed a few renewals is probably gone; naming it keeps clients
+        retrying a dead connection, while LEADER_NOT_AVAILABLE makes them poll metadata quickly until
+        the controller has moved its partitions (once the lease has run out)."""
+        now = wall_ms()
+        settings = self.settings
+        recent = now + settings.lease_ms - max(3 * settings.lease_renew_ms, settings.lease_ms // 2)
+        brokers = {b.broker_id: b.incarnation for b in self.cluster_brokers.values()
+                   if not b.leaving and b.lease_expiry_ms > recent}
+        me = self.membership.registration
+        if me is not None and not self.leaving and self.membership.lease_valid():
+            brokers[me.broker_id] = me.incarnation
+        return brokers
+
     def controller_id(self) -> int:
         """The controller named to clients: a live broker (they send CreateTopics and InitProducerId there)."""
         holder = self.controller.lease.broker_id if self.controller.active and self.controller.lease else None
@@ -570,7 +585,7 @@ class Broker:
         segment = plog.segment_for(offset)
         if segment is None:
             return list(plog.read_tail(offset, max_bytes))
-        return await self.segments.read(segment, offset, max_bytes)
+        return await self.segments.read(segment, offset, max_bytes, next_segment=plog.segment_after(segment))
 
     async def offset_for_timestamp(self, plog: PartitionLog, timestamp: int) -> tuple[int, int]:
         """(offset, timestamp) of the first record with timestamp >= ``timestamp``; (-1, -1) if none."""

@@ -100,8 +100,12 @@ class Membership:
 
     async def _renew_loop(self) -> None:
         interval = self.settings.lease_renew_ms / 1000
+        next_start = time.monotonic() + interval
         while not self.fenced:
-            await asyncio.sleep(interval)
+            # Counted from the last start, not the last finish: a slow renewal is followed at once by the
+            # next one instead of costing the lease a further interval.
+            await asyncio.sleep(max(0.0, next_start - time.monotonic()))
+            next_start = time.monotonic() + interval
             await self.renew()
 
     async def renew(self, leaving: bool | None = None) -> None:
@@ -119,7 +123,10 @@ class Membership:
             return  # lapsed: this incarnation is over; the broker rejoins as a new one
         registration.lease_expiry_ms = wall_ms() + self.settings.lease_ms
         try:
-            self._etag = await self.cluster.write_broker(registration, self._etag)
+            # Useless once the lease has run out (the broker then rejoins as a new incarnation, which
+            # reads the registration afresh), so a renewal never waits on the store longer than that.
+            self._etag = await asyncio.wait_for(self.cluster.write_broker(registration, self._etag),
+                                                max(0.05, self._valid_until - time.monotonic()))
             # Extend only if the renewal landed while the previous lease was still good: otherwise the
             # stored lease may have looked expired to the controller for a while, and it may have acted.
             if self.lease_valid():
@@ -128,8 +135,8 @@ class Membership:
             log.critical("broker %d incarnation %d: registration replaced by another process; fenced",
                          registration.broker_id, registration.incarnation)
             self.fenced = True
-        except ObjectStoreError as exc:
-            log.warning("lease renewal failed (%s); valid for %.2f s more", exc,
+        except (ObjectStoreError, TimeoutError) as exc:
+            log.warning("lease renewal failed (%r); valid for %.2f s more", exc,
                         max(0.0, self._valid_until - time.monotonic()))
 
     async def leave(self) -> None:

@@ -1,6 +1,7 @@
 """Metadata (key 3): brokers, the controller, topics and partition leaders.
 
-Keel's single broker is the leader of every partition and the controller.
+A partition's leader is named only while it holds the assignment's incarnation and renews its lease;
+otherwise the partition is LEADER_NOT_AVAILABLE, which clients answer by polling metadata quickly.
 Unknown topics are auto-created when the broker allows it and the request
 asks for it (v4+) -- as Kafka does with ``auto.create.topics.enable``.
 """
@@ -21,11 +22,11 @@ def broker_list(ctx: RequestContext) -> list[Message]:
 
 
 def topic_metadata(ctx: RequestContext, record: TopicRecord) -> Message:
-    live = {b.broker_id for b in ctx.broker.live_brokers()}
+    responsive = ctx.broker.responsive_brokers()
     partitions = []
     for p in range(record.partitions):
         a = ctx.broker.assignments.partitions.get(Assignments.key(record.topic_id, p))
-        if a is None or a.leader not in live:
+        if a is None or responsive.get(a.leader) != a.incarnation:
             partitions.append({"error_code": ErrorCode.LEADER_NOT_AVAILABLE, "partition_index": p, "leader_id": -1,
                                "leader_epoch": a.epoch if a else -1, "replica_nodes": [], "isr_nodes": [],
                                "offline_replicas": []})
