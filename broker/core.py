@@ -435,6 +435,10 @@ class Broker:
         if check.duplicate_of is not None:
             return self._duplicate(plog, check.duplicate_of)
         if check.error:
+            entry = plog.producers.producers.get(header.producer_id)
+            log.info("%s-%d: producer %d epoch %d sequences %d..%d refused with %s (known: epoch %s, last sequence %s)",
+                     plog.topic.name, plog.partition, header.producer_id, header.producer_epoch, header.base_sequence,
+                     header.last_sequence, check.error.name, entry and entry.epoch, entry and entry.last_sequence)
             return AppendResult(check.error, message=check.error.name)
 
         batch = bytearray(data)

@@ -8,8 +8,10 @@ topics) and reconciles what it leads:
   old one), replay the unflushed entries of the WALs listed in
   ``replay_from`` for this partition and the epochs they were written in,
   write them as a segment, commit the manifest, and only then serve;
-* led by me but assigned elsewhere -> **resign**: stop serving at once;
-  in-flight writes are answered NOT_LEADER_OR_FOLLOWER, never acknowledged;
+* led by me but assigned elsewhere -> **resign**: stop serving at once; new
+  writes are answered NOT_LEADER_OR_FOLLOWER, writes already in the WAL
+  REQUEST_TIMED_OUT ("possibly written": the client retries them unchanged and
+  the next leader deduplicates), never acknowledged;
 * led by me with ``moving_to`` set -> **hand over**: refuse new writes, wait
   for in-flight ones, flush everything, write the target into the manifest.
 """

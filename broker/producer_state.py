@@ -3,7 +3,9 @@
 For each producer id: the current epoch and the last five batches
 (first sequence, last sequence, base offset, last offset).  A retried batch
 that matches one of them gets its original offsets back instead of being
-written twice; a gap in sequence numbers or a stale epoch is refused.
+written twice; a stale epoch is refused (INVALID_PRODUCER_EPOCH), a batch that
+skips ahead is answered "retry" (see ``NOT_YET``), and an old sequence no longer
+kept is OUT_OF_ORDER_SEQUENCE_NUMBER.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ class SequenceCheck:
 
 
 ACCEPT = SequenceCheck()
+# A batch that skips sequence numbers is refused as "not written, retry": its predecessors are still on
+# the way (pipelined requests that met a leadership change and were refused).  OUT_OF_ORDER_SEQUENCE_NUMBER
+# here would make librdkafka bump the producer epoch and renumber every partition's pending retries from
+# 0 -- duplicating any that were written but not acknowledged.  The client retries this batch after the
+# earlier ones, with the same sequence numbers, and the broker deduplicates.
+NOT_YET = SequenceCheck(ErrorCode.NOT_ENOUGH_REPLICAS)
 
 
 class ProducerStateTable:
@@ -52,14 +60,17 @@ class ProducerStateTable:
         if epoch < entry.epoch:
             return SequenceCheck(ErrorCode.INVALID_PRODUCER_EPOCH)
         if epoch > entry.epoch:
-            return ACCEPT if first_seq == 0 else SequenceCheck(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER)
+            return ACCEPT if first_seq == 0 else NOT_YET
         for b_first, b_last, b_base, b_end in entry.batches:
             if b_first == first_seq and b_last == last_seq:
                 return SequenceCheck(duplicate_of=(b_base, b_end))
         expected = 0 if entry.last_sequence == MAX_SEQUENCE else entry.last_sequence + 1
-        if first_seq != expected:
-            return SequenceCheck(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER)
-        return ACCEPT
+        ahead = (first_seq - expected) % (MAX_SEQUENCE + 1)
+        if ahead == 0:
+            return ACCEPT
+        if ahead <= MAX_SEQUENCE // 2:
+            return NOT_YET
+        return SequenceCheck(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER)  # behind, and not a batch we still know
 
     def record(self, producer_id: int, epoch: int, first_seq: int, last_seq: int,
                base_offset: int, last_offset: int) -> None:
