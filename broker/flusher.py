@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from broker.partition_log import PartitionLog, TailBatch
-from broker.segment import build_segment
+from broker.segment import SegmentFooter, build_segment
 from metadata.store import ConflictError, SegmentRef
 from objectstore.base import ObjectStoreError
 
@@ -101,10 +101,11 @@ class Flusher:
         broker = self.broker
         if require_current and broker.logs.get((plog.topic.name, plog.partition)) is not plog:
             return  # resigned or deleted meanwhile
-        parts, footer = build_segment([b.data for b in batches])
+        # Laying out a segment walks every batch and copies megabytes: off the event loop, so that produce
+        # requests arriving meanwhile are not held up behind it.
+        body, footer = await asyncio.to_thread(_segment_body, [b.data for b in batches])
         key = broker.meta.segment_key(plog.topic.topic_id, plog.partition, footer.base_offset,
                                       plog.manifest.leader_epoch)
-        body = b"".join(parts)
         try:
             await broker.store.put(key, body)
         except ObjectStoreError:
@@ -141,6 +142,11 @@ class Flusher:
         if floor is not None:
             positions.append(floor)  # entries a new leader may still have to replay
         await wal.trim(min(positions, default=wal.next_position))
+
+
+def _segment_body(batches: list[bytearray | bytes]) -> tuple[bytes, SegmentFooter]:
+    parts, footer = build_segment(batches)
+    return b"".join(parts), footer
 
 
 def _take(batches: list[TailBatch], limit: int) -> list[TailBatch]:
