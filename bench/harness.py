@@ -353,6 +353,14 @@ def build_figures(m: Measurements, args: argparse.Namespace) -> list[Figure]:
         figures.append(Figure(
             f"produce_latency_{pct_label(p)}", series["Keel produce (ack)"][p], "ms", f"fsync_1KiB_{pct_label(p)}",
             series["fsync 1 KiB"][p], samples=lat_samples, note=_latency_note(m.keel_lat, args.rate)))
+    put_lat = {name: _pcts(phase.result.latencies if phase.result else None)
+               for name, phase in (("keel", m.keel_put), ("mock", m.mock_put))}
+    for p in PERCENTILES:
+        figures.append(Figure(
+            f"produce_latency_max_rate_{pct_label(p)}", put_lat["keel"][p], "ms",
+            f"mock_produce_latency_max_rate_{pct_label(p)}", put_lat["mock"][p],
+            samples=len(m.keel_put.result.latencies) if m.keel_put.result else None,
+            note=put_note or "throughput phase: every record's produce() -> ack, linger.ms=5"))
     e2e_samples = len(m.keel_e2e.result.latencies) if m.keel_e2e.result else None
     e2e_note = _latency_note(m.keel_e2e, args.rate) or m.mock_e2e.error
     if not e2e_note and m.mock_e2e.result and len(m.mock_e2e.result.latencies) < (e2e_samples or 0):

@@ -199,6 +199,7 @@ class Throughput:
     seconds: float
     errors: int = 0
     read: int = 0  # records read in all, timed or not (consume only)
+    latencies: list[float] = field(default_factory=list)  # produce only: produce() -> ack, seconds, per record
 
     @property
     def mb_per_s(self) -> float:
@@ -288,6 +289,8 @@ def produce_throughput(bootstrap: str, topics: Topics, records: int, record_size
     padding = bytes(record_size)
     value = make_value(record_size, 0, 0, MEASURED, padding)  # content does not matter here
 
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+
     def job(index: int) -> Callable[[], tuple[float, float, int]]:
         topic, share = names[index % len(names)], Schedule(0, records).share(index, clients).count or 0
 
@@ -295,10 +298,12 @@ def produce_throughput(bootstrap: str, topics: Topics, records: int, record_size
             producer = Producer(producer_config(bootstrap, linger_ms))
             errors, acked = [0], meters.produced.cell()
             key_of = keys.stream(index)
+            record_latency = latencies[index].append
 
-            def delivered(err: Any, _msg: Message) -> None:
+            def delivered(err: Any, msg: Message) -> None:
                 if err is None:
                     acked[0] += 1
+                    record_latency(msg.latency())  # librdkafka's own produce() -> ack time
                 else:
                     errors[0] += 1
 
@@ -322,7 +327,8 @@ def produce_throughput(bootstrap: str, topics: Topics, records: int, record_size
 
     out = _run_parallel("bench-producer", [job(i) for i in range(clients)], [go])
     elapsed = max(end for _, end, _ in out) - min(start for start, _, _ in out)
-    return Throughput(records, records * record_size, elapsed, sum(e for _, _, e in out))
+    return Throughput(records, records * record_size, elapsed, sum(e for _, _, e in out),
+                      latencies=[x for per_client in latencies for x in per_client if x is not None])
 
 
 @dataclass

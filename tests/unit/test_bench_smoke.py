@@ -32,6 +32,9 @@ EXPECTED = {
     "produce_latency_p50": "fsync_1KiB_p50",
     "produce_latency_p99": "fsync_1KiB_p99",
     "produce_latency_p99.9": "fsync_1KiB_p99.9",
+    "produce_latency_max_rate_p50": "mock_produce_latency_max_rate_p50",
+    "produce_latency_max_rate_p99": "mock_produce_latency_max_rate_p99",
+    "produce_latency_max_rate_p99.9": "mock_produce_latency_max_rate_p99.9",
     "e2e_latency_p50": "mock_e2e_latency_p50",
     "e2e_latency_p99": "mock_e2e_latency_p99",
     "e2e_latency_p99.9": "mock_e2e_latency_p99.9",
@@ -68,7 +71,7 @@ def test_figure_ratio_and_table() -> None:
 def test_missing_mock_leaves_baselines_empty_but_keeps_figures() -> None:
     args = build_parser().parse_args(["--records", "4", "--rate", "1000"])
     m = Measurements(fsync=[0.001] * 10, rss_start_kib=1024, rss_end_kib=2048, rss_peak_kib=4096)
-    m.keel_put = Phase(Throughput(records=4, bytes=4096, seconds=0.001))
+    m.keel_put = Phase(Throughput(records=4, bytes=4096, seconds=0.001, latencies=[0.004] * 4))
     m.keel_get = Phase(Throughput(records=4, bytes=4096, seconds=0.002, read=4))
     m.keel_lat = Phase(LatencyRun(latencies=[0.002] * 10, sent=10, achieved_rate=1000.0))
     m.keel_e2e = Phase(LatencyRun(latencies=[0.003] * 10, sent=10, achieved_rate=1000.0))
@@ -81,6 +84,7 @@ def test_missing_mock_leaves_baselines_empty_but_keeps_figures() -> None:
     assert figures["produce_latency_p99"].ratio == pytest.approx(2.0)
     assert figures["e2e_latency_p50"].value == pytest.approx(3.0) and figures["e2e_latency_p50"].ratio is None
     assert figures["broker_peak_rss"].ratio == pytest.approx(4.0)
+    assert figures["produce_latency_max_rate_p99"].value == pytest.approx(4.0)
 
 
 def _tiny_run(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], subprocess.CompletedProcess[str], Path]:
