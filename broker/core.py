@@ -18,6 +18,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from broker import wal_entry
 from broker.config import Settings
@@ -26,6 +27,7 @@ from broker.group_coordinator import GroupCoordinator
 from broker.leadership import Leadership
 from broker.membership import Membership, wall_ms
 from broker.partition_log import PartitionLog, TailBatch
+from broker.peer_watch import PeerWatch
 from broker.retention import retention_start
 from broker.segment_reader import SegmentReader
 from broker.storage import build_object_store, build_wal, remove_old_wals, wal_base
@@ -82,7 +84,7 @@ class Broker:
         self.assignments = Assignments()
         self.leaving = False
         self.wal_floors = WalFloors()
-        self._old_wals_swept = False
+        self.peer_watch = PeerWatch(settings.broker_id)
         self._topics_dirty = False
         self._cluster_task: asyncio.Task[None] | None = None
         self.segments = SegmentReader(self.store, cache_bytes=settings.block_cache_bytes,
@@ -134,9 +136,11 @@ class Broker:
         """Registrations, topics, the controller's decisions, and this broker's share of them."""
         interval = self.settings.controller_interval_ms / 1000
         rounds = 0
+        next_sweep = time.monotonic() + self.settings.wal_sweep_interval_ms / 1000
         while not self.stopping:
             try:
                 self.cluster_brokers = await self.cluster.read_brokers()
+                self.peer_watch.update(self.cluster_brokers)
                 if rounds % TOPIC_REFRESH_ROUNDS == 0 or self._topics_dirty:
                     self._topics_dirty = False
                     await self.refresh_topics()
@@ -154,8 +158,12 @@ class Broker:
             except Exception:  # noqa: BLE001 - the next round starts over from stored state
                 log.exception("cluster round failed")
             self.groups.forget_unowned(self.coordinates)
-            if not self._old_wals_swept and rounds % TOPIC_REFRESH_ROUNDS == 5:
-                await self._sweep_old_wals()
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.settings.wal_sweep_interval_ms / 1000
+                try:
+                    await self._sweep_old_wals()
+                except ObjectStoreError as exc:
+                    log.warning("removing old WALs failed (%s); retrying later", exc)
             rounds += 1
             self.controller.wakeup.clear()
             with contextlib.suppress(TimeoutError):
@@ -180,20 +188,35 @@ class Broker:
         self.wal = wal
 
     async def _sweep_old_wals(self) -> None:
-        """Deletes this broker's WALs from earlier incarnations once nothing can need them: only when this
-        broker is the whole cluster and has taken over every partition (which replays and clears them).
-        In a larger cluster old WALs stay (see docs/cluster.md)."""
-        me = self.settings.broker_id
-        if set(self.cluster_brokers) - {me} or self.leadership.busy:
+        """Deletes the WALs of this broker's earlier incarnations that no partition can need any more.
+
+        An earlier incarnation's lease is over (registering a new one waits it out), so its WAL only
+        matters while a manifest names it: as the leader's WAL (the next election adds it to
+        ``replay_from``) or in ``replay_from`` (a takeover has yet to replay it).  Manifests are read
+        after the incarnation ended, and no manifest can newly name a WAL nobody writes any more, except
+        an election that picked an incarnation already dead -- whose WAL then holds nothing to replay."""
+        if self.leadership.busy:
             return
-        keys = {Assignments.key(t.topic_id, p) for t in self.topics.values() for p in range(t.partitions)}
-        served = {Assignments.key(plog.topic.topic_id, plog.partition) for plog in self.logs.values()}
-        if keys - served:
-            return
-        self._old_wals_swept = True
-        removed = await remove_old_wals(self.settings, self.store, self.membership.incarnation)
+        referenced: set[int] = set()
+        for topic in list(self.topics.values()):
+            for partition in range(topic.partitions):
+                manifest, _etag = await self.meta.load_manifest(topic.topic_id, partition)
+                locations = [manifest.leader_wal, *(location for location, _epoch in manifest.replay_from)]
+                referenced.update(incarnation for location in locations if location
+                                  if (incarnation := self._own_wal_incarnation(location)) is not None)
+        removed = await remove_old_wals(self.settings, self.store, self.membership.incarnation, keep=referenced)
         if removed:
             log.info("removed %d WAL(s) of earlier incarnations", removed)
+
+    def _own_wal_incarnation(self, location: dict[str, object]) -> int | None:
+        """The incarnation number if ``location`` is one of this broker's WALs."""
+        base = wal_base(self.settings)
+        if location.get("engine") != base["engine"]:
+            return None
+        path = str(location.get("path") if base["engine"] == "file" else location.get("prefix"))
+        parent, _, incarnation = path.rstrip("/").rpartition("/")
+        root = str(Path(base["base"])) if base["engine"] == "file" else base["base"].strip("/")
+        return int(incarnation) if parent == root and incarnation.isdigit() else None
 
     def on_assignments(self, assignments: Assignments) -> None:
         self.assignments = assignments
@@ -255,6 +278,7 @@ class Broker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cluster_task
         await self.leadership.wait_idle()
+        await self.peer_watch.stop()
         await self.controller.release()
         await self.membership.stop(expire=True)
         if self.wal is not None:
@@ -355,12 +379,14 @@ class Broker:
         """Broker id -> incarnation of the brokers that renewed their lease recently: the leaders worth
         naming to clients.  A leader that missed a few renewals is probably gone; naming it keeps clients
         retrying a dead connection, while LEADER_NOT_AVAILABLE makes them poll metadata quickly until
-        the controller has moved its partitions (once the lease has run out)."""
+        the controller has moved its partitions (once the lease has run out).  A broker whose port closed
+        (``PeerWatch``: its process is gone) is left out at once."""
         now = wall_ms()
         settings = self.settings
         recent = now + settings.lease_ms - max(3 * settings.lease_renew_ms, settings.lease_ms // 2)
         brokers = {b.broker_id: b.incarnation for b in self.cluster_brokers.values()
-                   if not b.leaving and b.lease_expiry_ms > recent}
+                   if not b.leaving and b.lease_expiry_ms > recent
+                   and not self.peer_watch.is_gone(b.broker_id, b.incarnation)}
         me = self.membership.registration
         if me is not None and not self.leaving and self.membership.lease_valid():
             brokers[me.broker_id] = me.incarnation
@@ -589,7 +615,7 @@ class Broker:
         segment = plog.segment_for(offset)
         if segment is None:
             return list(plog.read_tail(offset, max_bytes))
-        return await self.segments.read(segment, offset, max_bytes, next_segment=plog.segment_after(segment))
+        return await self.segments.read(segment, offset, max_bytes, following=plog.segments_after(segment))
 
     async def offset_for_timestamp(self, plog: PartitionLog, timestamp: int) -> tuple[int, int]:
         """(offset, timestamp) of the first record with timestamp >= ``timestamp``; (-1, -1) if none."""

@@ -50,7 +50,7 @@ def build_wal(settings: Settings, store: ObjectStore, incarnation: int) -> Write
     if location["engine"] == "file":
         return FileWriteAheadLog(location["path"], segment_bytes=settings.wal_segment_bytes, sync=settings.wal_fsync)
     return ObjectWriteAheadLog(store, location["prefix"], linger_ms=settings.wal_object_linger_ms,
-                               max_bytes=settings.wal_object_max_bytes)
+                               max_bytes=settings.wal_object_max_bytes, eager_puts=settings.wal_object_eager_puts)
 
 
 def _location_args(settings: Settings, incarnation: int) -> dict[str, object]:
@@ -58,21 +58,23 @@ def _location_args(settings: Settings, incarnation: int) -> dict[str, object]:
     return {"engine": base["engine"], "base": base["base"], "incarnation": incarnation}
 
 
-async def remove_old_wals(settings: Settings, store: ObjectStore, incarnation: int) -> int:
-    """Deletes the WALs of this broker's incarnations before ``incarnation``; returns how many."""
+async def remove_old_wals(settings: Settings, store: ObjectStore, incarnation: int,
+                          keep: set[int] | frozenset[int] = frozenset()) -> int:
+    """Deletes the WALs of this broker's incarnations before ``incarnation`` except those in ``keep``;
+    returns how many."""
     base = wal_base(settings)
     removed = 0
     if base["engine"] == "file":
         root = Path(base["base"])
         for child in (root.iterdir() if root.is_dir() else []):
-            if child.is_dir() and child.name.isdigit() and int(child.name) < incarnation:
+            if child.is_dir() and child.name.isdigit() and int(child.name) < incarnation and int(child.name) not in keep:
                 await asyncio.to_thread(shutil.rmtree, child, True)
                 removed += 1
         return removed
     old: dict[str, list[str]] = {}
     for info in await store.list(base["base"] + "/"):
         part = info.key[len(base["base"]) + 1:].split("/", 1)[0]
-        if part.isdigit() and int(part) < incarnation:
+        if part.isdigit() and int(part) < incarnation and int(part) not in keep:
             old.setdefault(part, []).append(info.key)
     for keys in old.values():
         await store.delete_many(keys)

@@ -363,6 +363,27 @@ def test_sigterm_hands_partitions_over_before_the_lease_would_expire(
     assert_all_there(cluster, topic, traffic.stop())
 
 
+def test_wals_of_dead_incarnations_are_deleted_once_replayed(make_cluster: Callable[..., Cluster]) -> None:
+    """A killed and restarted broker leaves its old WAL behind for the partitions' new leaders; once they
+    have replayed it, nothing names it any more and the broker deletes it (but keeps its current WAL)."""
+    cluster = make_cluster(2, extra_args=["--wal-sweep-interval-ms", "500"])
+    topic = create_topic(cluster)
+    before_leaders = cluster.wait_for_leaders(topic, PARTITIONS)
+    victim = before_leaders[0].leader
+    traffic = Traffic(cluster.bootstrap, topic, PARTITIONS).start()
+    time.sleep(2.0)
+    wal_root = cluster[victim].process.data_dir / "wal"
+    first = sorted(p.name for p in wal_root.iterdir())
+    assert len(first) == 1, first  # one incarnation so far
+    cluster.kill(victim)
+    cluster.restart(victim)
+    wait_until(lambda: first[0] not in {p.name for p in wal_root.iterdir()}, 30,
+               what="the dead incarnation's WAL deleted")
+    assert len(list(wal_root.iterdir())) == 1, "the current incarnation's WAL must stay"
+    time.sleep(0.5)
+    assert_all_there(cluster, topic, traffic.stop())
+
+
 # ---- consumer groups ---------------------------------------------------------------------------------
 
 
