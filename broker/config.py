@@ -42,6 +42,7 @@ class Settings:
     prefix: str = field(default="", metadata={"help": "key prefix of this cluster inside the bucket"})
     region: str = field(default="us-east-1", metadata={"help": "S3 region"})
     wal: str = field(default="file", metadata={"help": "WAL engine: file (fsync group commit) or object (one PUT per group commit, no local state)"})
+    wal_inline_bytes: int = field(default=64 * 1024, metadata={"help": "file WAL: commit groups up to this many bytes are written and synced on the event loop's thread instead of the writer thread (lower latency at low rates)"})
     wal_object_linger_ms: int = field(default=5, metadata={"help": "object WAL: longest wait of an append for a WAL PUT to start (it waits only while PUTs are in flight)"})
     wal_object_eager_puts: int = field(default=1, metadata={"help": "object WAL: an append that finds fewer WAL PUTs than this in flight is written at once; others wait for a PUT to finish (up to the linger). 0 = always wait the linger"})
     wal_object_max_bytes: int = field(default=4 * MiB, metadata={"help": "object WAL: WAL object size that triggers a PUT at once"})

@@ -72,6 +72,10 @@ class Flusher:
         now = time.monotonic()
         pressure = broker.unflushed_bytes > settings.max_unflushed_bytes // 2
         for plog in list(broker.logs.values()):
+            oldest = plog.oldest_unflushed_time()
+            if oldest is None or not (force or pressure or plog.unflushed_bytes >= settings.segment_bytes
+                                      or (now - oldest) * 1000 >= settings.flush_interval_ms):
+                continue  # nothing due: skip listing the batches (this runs every tick)
             batches = plog.unflushed_batches()
             while batches:
                 size = sum(len(b.data) for b in batches)

@@ -48,7 +48,8 @@ def wal_base(settings: Settings) -> dict[str, str]:
 def build_wal(settings: Settings, store: ObjectStore, incarnation: int) -> WriteAheadLog:
     location = wal_location(**_location_args(settings, incarnation))
     if location["engine"] == "file":
-        return FileWriteAheadLog(location["path"], segment_bytes=settings.wal_segment_bytes, sync=settings.wal_fsync)
+        return FileWriteAheadLog(location["path"], segment_bytes=settings.wal_segment_bytes, sync=settings.wal_fsync,
+                                 inline_bytes=settings.wal_inline_bytes)
     return ObjectWriteAheadLog(store, location["prefix"], linger_ms=settings.wal_object_linger_ms,
                                max_bytes=settings.wal_object_max_bytes, eager_puts=settings.wal_object_eager_puts)
 

@@ -94,7 +94,8 @@ class FileWriteAheadLog(WriteAheadLog):
     writes that a power cut would lose.
     """
 
-    def __init__(self, directory: str | Path, *, segment_bytes: int = 64 * 1024 * 1024, sync: bool = True):
+    def __init__(self, directory: str | Path, *, segment_bytes: int = 64 * 1024 * 1024, sync: bool = True,
+                 inline_bytes: int = 0):
         if segment_bytes <= 0:
             raise ValueError("segment_bytes must be positive")
         self._dir = Path(directory)
@@ -113,6 +114,7 @@ class FileWriteAheadLog(WriteAheadLog):
             ),
             0,
         )
+        self.inline_bytes = inline_bytes  # groups up to this size are written on the event loop's thread
         self._state = "new"  # new -> open -> closing -> closed
         self._next_position = 0
         self._pending: list[_Pending] = []
@@ -120,7 +122,7 @@ class FileWriteAheadLog(WriteAheadLog):
         self._writer: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._error: WalError | None = None
-        # Used only on the single writer thread once open() has returned.
+        # Used only by one commit at a time (the writer thread, or the loop for small groups).
         self._fd = -1
         self._active_size = 0
         # First positions of the files on disk, oldest first; the last is the active file.
@@ -274,7 +276,13 @@ class FileWriteAheadLog(WriteAheadLog):
 
     async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         try:
-            written, fsyncs, created = await loop.run_in_executor(self._executor, self._write_batch, batch)
+            if sum(length for _position, _parts, length, _future in batch) <= self.inline_bytes:
+                # A small group is written and synced right here: handing it to the writer thread and
+                # back costs more than the write itself, and the thread then competes for the GIL with
+                # the event loop (measured in docs/performance.md).
+                written, fsyncs, created = self._write_batch(batch)
+            else:
+                written, fsyncs, created = await loop.run_in_executor(self._executor, self._write_batch, batch)
         except asyncio.CancelledError:
             self._fail(batch, RuntimeError("WAL writer task cancelled"))
             raise

@@ -56,7 +56,9 @@ async def handle(ctx: RequestContext, request: Message) -> Message | None:
                 entries.append((pd["index"], broker.append(plog, pd["records"])))
 
     pending = [r for entries in results.values() for _, r in entries if isinstance(r, asyncio.Future)]
-    if pending:
+    if len(pending) == 1:
+        await pending[0]  # the common case; gather() costs a future and a callback per child
+    elif pending:
         await asyncio.gather(*pending)
     if acks == 0:
         return None

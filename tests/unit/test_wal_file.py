@@ -327,12 +327,13 @@ _buffers = st.binary(max_size=300).flatmap(
     entries=st.lists(st.lists(_buffers, max_size=5), max_size=30),
     segment_bytes=st.sampled_from([1, 64, 500, 1 << 20]),
     concurrent=st.booleans(),
+    inline_bytes=st.sampled_from([0, 100, 1 << 20]),  # small groups written on the loop, larger on the thread
 )
-def test_hypothesis_round_trip(entries: list[list], segment_bytes: int, concurrent: bool) -> None:
+def test_hypothesis_round_trip(entries: list[list], segment_bytes: int, concurrent: bool, inline_bytes: int) -> None:
     expected = [b"".join(bytes(p) for p in parts) for parts in entries]
 
     async def scenario(directory: str) -> None:
-        log, replay = await reopen(Path(directory), segment_bytes=segment_bytes, sync=False)
+        log, replay = await reopen(Path(directory), segment_bytes=segment_bytes, sync=False, inline_bytes=inline_bytes)
         assert replay == []
         if concurrent:
             positions = await asyncio.gather(*(log.append(parts) for parts in entries))
@@ -349,9 +350,10 @@ def test_hypothesis_round_trip(entries: list[list], segment_bytes: int, concurre
         asyncio.run(scenario(directory))
 
 
+@pytest.mark.parametrize("inline_bytes", [0, 1 << 20], ids=["writer-thread", "inline"])
 @pytest.mark.parametrize("failing", ["fdatasync", "writev"])
-async def test_write_or_sync_failure_is_fatal(tmp_path: Path, monkeypatch, failing: str) -> None:
-    log, _ = await reopen(tmp_path)
+async def test_write_or_sync_failure_is_fatal(tmp_path: Path, monkeypatch, failing: str, inline_bytes: int) -> None:
+    log, _ = await reopen(tmp_path, inline_bytes=inline_bytes)
     assert await log.append([b"durable"]) == 0
 
     def broken(*args, **kwargs):
