@@ -3,33 +3,48 @@
 Segment objects never change once written, so a block (``block_size`` bytes
 at a block-aligned position) can be cached by (key, block number) for as
 long as memory allows.  Concurrent readers of the same missing block share
-one GET.  When a reader moves on to the block after the one it read last, the
-next ``read_ahead`` blocks are fetched in the background: a consumer catching
-up on cold data then finds them already cached.
+one GET, and the missing blocks of one read are fetched with one GET.
+
+Read-ahead: when a reader moves on from the block it read last (or was
+announced with ``begin_stream``), up to ``read_ahead`` blocks after
+it are fetched in the background, in GETs of up to ``max_get_blocks`` blocks:
+a consumer catching up on cold data then finds them already cached.  On an
+object store every request costs about the same latency and CPU whatever its
+size, so read-ahead waits until half the window is missing and then fills it
+with few large GETs rather than one block at a time.  The window shrinks
+when several readers stream at once so that what is read ahead for all of
+them fits in half of the cache, and the cache never holds more than
+``capacity_bytes`` (each block is its own buffer, so evicting it frees it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import time
 from collections import OrderedDict
 
-from objectstore.base import ObjectStore, ObjectStoreError
+from objectstore.base import ObjectStore
 
 log = logging.getLogger("keel.blockcache")
+
+STREAM_IDLE_SECONDS = 1.0  # a sequential reader counts as active this long after its last read
+MAX_TRACKED_KEYS = 10_000
 
 
 class BlockCache:
     def __init__(self, store: ObjectStore, *, capacity_bytes: int, block_size: int = 1024 * 1024,
-                 read_ahead: int = 2) -> None:
+                 read_ahead: int = 2, max_get_blocks: int = 8) -> None:
         self.store = store
         self.capacity = capacity_bytes
         self.block_size = block_size
         self.read_ahead = read_ahead
+        self.max_get_blocks = max(1, max_get_blocks)
         self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._loading: dict[tuple[str, int], asyncio.Future[bytes]] = {}
-        self._last_block: dict[str, int] = {}
+        self._last_block: dict[str, int] = {}  # key -> last block read, for spotting sequential readers
+        # key -> (time of its last sequential read, whether that read reached the object's last block)
+        self._streams: dict[str, tuple[float, bool]] = {}
         self._size = 0
         self._background: set[asyncio.Task[None]] = set()
         self.stats = {"hits": 0, "misses": 0, "gets": 0, "bytes_fetched": 0, "prefetched": 0}
@@ -38,76 +53,207 @@ class BlockCache:
     def size(self) -> int:
         return self._size
 
-    async def read(self, key: str, start: int, end: int, object_size: int) -> bytes:
-        """Bytes [start, end) of the object ``key`` of ``object_size`` bytes."""
+    def blocks_of(self, object_size: int) -> int:
+        return (object_size + self.block_size - 1) // self.block_size
+
+    def holds(self, key: str, start: int, end: int) -> bool:
+        """Whether every block of [start, end) is cached or being fetched (a read of it needs no new GET)."""
+        return all((key, n) in self._blocks or (key, n) in self._loading
+                   for n in range(start // self.block_size, (end - 1) // self.block_size + 1))
+
+    async def read(self, key: str, start: int, end: int, object_size: int, *,
+                   sequential: bool = True) -> bytes | memoryview:
+        """Bytes [start, end) of the object ``key`` of ``object_size`` bytes.  With ``sequential=False``
+        the read is not taken as a step of a sequential reader (no read-ahead)."""
         end = min(end, object_size)
         if start >= end:
             return b""
-        first, last = start // self.block_size, (end - 1) // self.block_size
-        blocks = await asyncio.gather(*(self._block(key, n, object_size) for n in range(first, last + 1)))
-        self._maybe_read_ahead(key, first, last, object_size)
-        data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
-        offset = first * self.block_size
-        return data[start - offset: end - offset]
+        bs = self.block_size
+        first, last = start // bs, (end - 1) // bs
+        wanted = self._claim(key, first, last, object_size)  # the GETs this read needs go out first
+        if sequential:
+            self._maybe_read_ahead(key, first, last, object_size)
+        blocks = [w if isinstance(w, bytes) else await asyncio.shield(w) for w in wanted]
+        if len(blocks) == 1:
+            return memoryview(blocks[0])[start - first * bs: end - first * bs]
+        parts = [memoryview(b) for b in blocks]
+        parts[-1] = parts[-1][: end - last * bs]
+        parts[0] = parts[0][start - first * bs:]
+        return b"".join(parts)
 
-    async def _block(self, key: str, number: int, object_size: int) -> bytes:
-        cache_key = (key, number)
-        block = self._blocks.get(cache_key)
-        if block is not None:
-            self._blocks.move_to_end(cache_key)
-            self.stats["hits"] += 1
-            return block
-        loading = self._loading.get(cache_key)
-        if loading is not None:
-            self.stats["hits"] += 1
-            return await asyncio.shield(loading)
-        self.stats["misses"] += 1
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._loading[cache_key] = future
+    def _claim(self, key: str, first: int, last: int, object_size: int) -> list[asyncio.Future[bytes] | bytes]:
+        """Blocks first..last: cached ones, or futures of GETs in flight (started here, one per run of
+        missing blocks, when no other reader's GET is bringing them)."""
+        waits: list[asyncio.Future[bytes] | bytes] = []
+        run_start = -1
+        for n in range(first, last + 2):
+            cache_key = (key, n)
+            missing = n <= last and cache_key not in self._blocks and cache_key not in self._loading
+            if missing:
+                if run_start < 0:
+                    run_start = n
+                continue
+            if run_start >= 0:  # one GET for the run of missing blocks that ends here
+                self.stats["misses"] += n - run_start
+                self._start_load(key, run_start, n - 1, object_size)
+                waits.extend(self._loading[(key, m)] for m in range(run_start, n))
+                run_start = -1
+            if n > last:
+                break
+            block = self._blocks.get(cache_key)
+            if block is not None:
+                self._blocks.move_to_end(cache_key)
+                self.stats["hits"] += 1
+                waits.append(block)
+            else:
+                self.stats["hits"] += 1  # another reader's GET is bringing it
+                waits.append(self._loading[cache_key])
+        return waits
+
+    def _start_load(self, key: str, first: int, last: int, object_size: int, prefetch: bool = False) -> None:
+        """Starts one GET for blocks first..last (none cached or loading); each gets a future."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for n in range(first, last + 1):
+            future: asyncio.Future[bytes] = loop.create_future()
+            self._loading[(key, n)] = future
+            futures.append(future)
+        task = loop.create_task(self._load(key, first, futures, object_size, prefetch))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _load(self, key: str, first: int, futures: list[asyncio.Future[bytes]], object_size: int,
+                    prefetch: bool) -> None:
+        bs = self.block_size
+        start = first * bs
         try:
-            start = number * self.block_size
-            block = await self.store.get(key, start, min(start + self.block_size, object_size))
-            self.stats["gets"] += 1
-            self.stats["bytes_fetched"] += len(block)
-            self._insert(cache_key, block)
-            future.set_result(block)
-            return block
+            data = await self.store.get(key, start, min(start + len(futures) * bs, object_size))
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters, if any, re-raise it themselves
-            raise
-        finally:
-            self._loading.pop(cache_key, None)
+            for n, future in enumerate(futures, first):
+                self._loading.pop((key, n), None)
+                if not future.done():
+                    future.set_exception(exc)
+                    future.exception()  # marked retrieved: a waiter, if any, re-raises it itself
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            if prefetch:
+                log.debug("read-ahead of %s failed: %s", key, exc)
+            return
+        self.stats["gets"] += 1
+        self.stats["bytes_fetched"] += len(data)
+        if prefetch:
+            self.stats["prefetched"] += len(futures)
+        for i, future in enumerate(futures):
+            # A slice is a copy, so each cached block is a buffer of its own that eviction frees.
+            block = data if len(futures) == 1 else data[i * bs: (i + 1) * bs]
+            self._loading.pop((key, first + i), None)
+            self._insert((key, first + i), block)
+            if not future.done():
+                future.set_result(block)
+
+    def offer(self, key: str, start: int, data: bytes, object_size: int) -> None:
+        """Caches the whole blocks inside ``data`` (bytes [start, ...) of ``key``) that some other GET
+        brought anyway."""
+        bs = self.block_size
+        first = (start + bs - 1) // bs
+        for n in range(first, self.blocks_of(object_size)):
+            begin, end = n * bs - start, min((n + 1) * bs, object_size) - start
+            if end > len(data):
+                break
+            if (key, n) not in self._blocks and (key, n) not in self._loading:
+                self._insert((key, n), data[begin:end])
 
     def _insert(self, cache_key: tuple[str, int], block: bytes) -> None:
         if len(block) > self.capacity:
             return
+        old = self._blocks.pop(cache_key, None)
+        if old is not None:
+            self._size -= len(old)
         self._blocks[cache_key] = block
         self._size += len(block)
         while self._size > self.capacity:
             _, evicted = self._blocks.popitem(last=False)
             self._size -= len(evicted)
 
+    # Read-ahead -------------------------------------------------------------------
+
+    def window(self) -> int:
+        """Blocks each sequential reader may have read ahead: ``read_ahead``, shrunk so that the
+        windows of all readers streaming now fit in half of the cache."""
+        if not self.read_ahead:
+            return 0
+        now = time.monotonic()
+        if len(self._streams) > 64:
+            for key in [k for k, (t, _done) in self._streams.items() if now - t > STREAM_IDLE_SECONDS]:
+                del self._streams[key]
+        # A reader that finished an object has moved on (to the next segment): it counts there.
+        active = max(1, sum(1 for t, done in self._streams.values() if not done and now - t <= STREAM_IDLE_SECONDS))
+        return max(1, min(self.read_ahead, self.capacity // (2 * self.block_size * active)))
+
+    def is_sequential(self, key: str, start: int, end: int) -> bool:
+        """Whether a read of [start, end) would continue a sequential reader of ``key``."""
+        previous = self._last_block.get(key)
+        first, last = start // self.block_size, max(start, end - 1) // self.block_size
+        return previous is not None and first <= previous + 1 and last >= previous
+
+    def begin_stream(self, key: str) -> None:
+        """Announces a sequential reader about to read ``key`` from its start (e.g. the next segment):
+        its first read then continues the read-ahead at once."""
+        self._last_block.setdefault(key, -1)
+        self._track(self._last_block)
+
+    def _track(self, table: dict[str, int] | dict[str, tuple[float, bool]]) -> None:
+        if len(table) > MAX_TRACKED_KEYS:
+            table.pop(next(iter(table)))
+
     def _maybe_read_ahead(self, key: str, first: int, last: int, object_size: int) -> None:
         previous = self._last_block.get(key)
         self._last_block[key] = last
-        if len(self._last_block) > 10_000:
-            self._last_block.pop(next(iter(self._last_block)))
-        if previous is None or not previous <= first <= previous + 1 or not self.read_ahead:
+        self._track(self._last_block)
+        # Sequential: the read moves on from where the last one ended (a fetch starts at an index entry, so
+        # it may begin a little before the end of the previous read).
+        if previous is None or not first <= previous + 1 or last < previous or not self.read_ahead:
             return
-        block_count = (object_size + self.block_size - 1) // self.block_size
-        for number in range(last + 1, min(last + 1 + self.read_ahead, block_count)):
-            if (key, number) not in self._blocks and (key, number) not in self._loading:
-                self.stats["prefetched"] += 1
-                task = asyncio.get_running_loop().create_task(self._prefetch(key, number, object_size))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+        count = self.blocks_of(object_size)
+        self._streams[key] = (time.monotonic(), last >= count - 1)
+        self._track(self._streams)
+        window = self.window()
+        end = min(last + 1 + window, count)
+        if count - end < window // 2:
+            end = count  # rather than a small GET for the last few blocks later
+        missing = [n for n in range(last + 1, end) if (key, n) not in self._blocks and (key, n) not in self._loading]
+        # Not one block at a time: wait until half the window is missing, unless the reader would stall
+        # (the very next block is missing) or the window already reaches the end of the object.
+        if missing and (missing[0] == last + 1 or len(missing) >= max(1, window // 2) or end == count):
+            self._fetch_ahead(key, missing, object_size)
 
-    async def _prefetch(self, key: str, number: int, object_size: int) -> None:
-        with contextlib.suppress(ObjectStoreError):
-            await self._block(key, number, object_size)
+    def prefetch(self, key: str, first: int, count: int, object_size: int, min_missing: int = 1) -> int:
+        """Starts fetching the blocks of [first, first + count) of ``key`` that are neither cached nor
+        loading, if there are at least ``min_missing`` of them or they reach the end of the object;
+        returns how many it fetches."""
+        end = min(first + count, self.blocks_of(object_size))
+        missing = [n for n in range(first, end) if (key, n) not in self._blocks and (key, n) not in self._loading]
+        if not missing or (len(missing) < min_missing and end < self.blocks_of(object_size)):
+            return 0
+        self._fetch_ahead(key, missing, object_size)
+        return len(missing)
+
+    def _fetch_ahead(self, key: str, missing: list[int], object_size: int) -> None:
+        """Background GETs for the blocks ``missing`` (ascending): each run of adjacent blocks in
+        GETs of up to ``max_get_blocks``, of about equal size."""
+        i = 0
+        while i < len(missing):
+            j = i + 1
+            while j < len(missing) and missing[j] == missing[j - 1] + 1:
+                j += 1
+            run, gets = j - i, -(-(j - i) // self.max_get_blocks)
+            for g in range(gets):  # GETs of equal size, rather than full ones and a small last one
+                a, b = i + run * g // gets, i + run * (g + 1) // gets
+                self._start_load(key, missing[a], missing[b - 1], object_size, prefetch=True)
+            i = j
 
     def forget(self, key: str) -> None:
         for cache_key in [k for k in self._blocks if k[0] == key]:
             self._size -= len(self._blocks.pop(cache_key))
         self._last_block.pop(key, None)
+        self._streams.pop(key, None)

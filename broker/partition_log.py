@@ -182,6 +182,12 @@ class PartitionLog:
         if drop:
             del tail[:drop]
 
+    def segments_after(self, segment: SegmentRef, limit: int = 8) -> list[SegmentRef]:
+        """Up to ``limit`` segments that follow ``segment`` in the manifest, in order."""
+        segments = self.manifest.segments
+        index = bisect.bisect_right(segments, segment.last_offset, key=lambda s: s.last_offset)
+        return segments[index: index + limit]
+
     def segment_for(self, offset: int) -> SegmentRef | None:
         segments = self.manifest.segments
         index = bisect.bisect_left(segments, offset, key=lambda s: s.last_offset)

@@ -1,11 +1,17 @@
 """Object-storage write-ahead log: no local state at all.
 
-Appends from all partitions are buffered for up to ``linger_ms`` (or until
-``max_bytes`` are waiting), then written as ONE object with a create-only PUT;
-they are acknowledged only after that PUT succeeded.  Objects are named by
-the position of their first entry (``<prefix>/00000000000000000042.wal``) and
-hold entries in the same framing as the file WAL, so the same scanner reads
-both.
+Appends from all partitions are grouped into objects, each written with ONE
+create-only PUT; they are acknowledged only after that PUT succeeded.  The
+grouping adapts to load, like Nagle's algorithm: an append that finds fewer
+than ``eager_puts`` PUTs in flight is written at once (at low load an ack costs
+one PUT; appends made in the same event-loop pass share it).  Appends that
+arrive while PUTs are in flight wait in a buffer, written as soon as a PUT
+completes, after ``linger_ms`` at the latest, or once ``max_bytes`` are
+waiting: objects grow with the load, at about one PUT per PUT latency.
+
+Objects are named by the position of their first entry
+(``<prefix>/00000000000000000042.wal``) and hold entries in the same framing
+as the file WAL, so the same scanner reads both.
 
 Several PUTs may be in flight, but appends are acknowledged strictly in
 position order: an entry is durable-and-acknowledged only when every earlier
@@ -34,16 +40,18 @@ MAX_BACKOFF_SECONDS = 5.0
 
 class ObjectWriteAheadLog(WriteAheadLog):
     def __init__(self, store: ObjectStore, prefix: str, *, linger_ms: float = 5.0,
-                 max_bytes: int = 4 * 1024 * 1024, max_in_flight: int = 4) -> None:
+                 max_bytes: int = 4 * 1024 * 1024, max_in_flight: int = 4, eager_puts: int = 1) -> None:
         self.store = store
         self.prefix = prefix.strip("/")
         self.linger = linger_ms / 1000
         self.max_bytes = max_bytes
         self._slots = asyncio.Semaphore(max_in_flight)
+        self.eager_puts = eager_puts
+        self._in_flight = 0  # writes started and not finished (holding or awaiting a slot)
         self._next_position = 0
         self._buffer: list[tuple[int, tuple[Buffer, ...], asyncio.Future[int]]] = []
         self._buffer_bytes = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._objects: deque[tuple[int, int, str]] = deque()  # (first position, next position, key)
         self._unacked: deque[tuple[int, asyncio.Future[int]]] = deque()
         self._durable_upto = 0  # every position below this is durable
@@ -111,7 +119,11 @@ class ObjectWriteAheadLog(WriteAheadLog):
         if self._buffer_bytes >= self.max_bytes:
             self._flush_buffer()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.linger, self._flush_buffer)
+            loop = asyncio.get_running_loop()
+            if self._in_flight < self.eager_puts:  # at the end of this loop pass, with whatever joins it
+                self._timer = loop.call_soon(self._flush_buffer)
+            else:
+                self._timer = loop.call_later(self.linger, self._flush_buffer)
         return future
 
     async def append(self, parts: Sequence[Buffer]) -> int:
@@ -124,11 +136,20 @@ class ObjectWriteAheadLog(WriteAheadLog):
         if not self._buffer:
             return
         batch, self._buffer, self._buffer_bytes = self._buffer, [], 0
+        self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._write(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _write(self, batch: list[tuple[int, tuple[Buffer, ...], asyncio.Future[int]]]) -> None:
+        try:
+            await self._put(batch)
+        finally:
+            self._in_flight -= 1
+            if self._buffer and self._in_flight < self.eager_puts:
+                self._flush_buffer()  # what gathered while the PUT ran: the next group commit
+
+    async def _put(self, batch: list[tuple[int, tuple[Buffer, ...], asyncio.Future[int]]]) -> None:
         first = batch[0][0]
         body = b"".join(encode_entry(position, parts) for position, parts, _ in batch)
         key = self._key(first)

@@ -14,12 +14,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from broker.handlers.base import Api, Message, RequestContext
 from broker.partition_log import PartitionLog
 from broker.segment import CorruptSegmentError
 from protocol.errors import ErrorCode
 from protocol.primitives import ZERO_UUID
+
+if TYPE_CHECKING:
+    from broker.core import Broker
 
 KEY = 1
 log = logging.getLogger("keel.fetch")
@@ -40,16 +44,55 @@ def _partition_result(index: int, error: ErrorCode, plog: PartitionLog | None = 
     }
 
 
+_ColdRead = tuple[PartitionLog, int, "asyncio.Task[list[bytes | bytearray | memoryview]]"]
+
+
+def _start_cold_reads(broker: Broker, request: Message, names: list[str | None],
+                      budget: int) -> dict[tuple[int, int], _ColdRead]:
+    """Starts, all at once, the reads of the requested partitions that must come from segment objects,
+    if every one of them will get its whole ``partition_max_bytes`` (so the answer is the same as when
+    read one after another, only sooner: each cold read waits for GETs)."""
+    wanted = []
+    for t, (topic, name) in enumerate(zip(request["topics"], names, strict=True)):
+        for p, part in enumerate(topic["partitions"]):
+            plog = broker.partition(name, part["partition"]) if name else None
+            offset = part["fetch_offset"]
+            if plog is not None and plog.log_start_offset <= offset < min(plog.tail_start(), plog.high_watermark):
+                wanted.append((t, p, plog, offset, part["partition_max_bytes"]))
+    if len(wanted) < 2 or sum(w[4] for w in wanted) > budget:
+        return {}
+    return {(t, p): (plog, limit, asyncio.ensure_future(broker.read(plog, offset, limit)))
+            for t, p, plog, offset, limit in wanted}
+
+
+def _drop(reads: dict[tuple[int, int], _ColdRead]) -> None:
+    for _plog, _limit, task in reads.values():
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled():
+            task.exception()  # an unused read's failure is nobody's business: mark it retrieved
+
+
 async def _collect(ctx: RequestContext, request: Message, names: list[str | None]) -> tuple[list[Message], int, bool]:
     """One pass over the requested partitions: (topic responses, bytes gathered, any error)."""
     broker = ctx.broker
     budget = request.get("max_bytes", 0x7FFFFFFF)
+    cold = _start_cold_reads(broker, request, names, budget)
+    try:
+        return await _assemble(broker, ctx, request, names, budget, cold)
+    finally:
+        _drop(cold)
+
+
+async def _assemble(broker: Broker, ctx: RequestContext, request: Message, names: list[str | None], budget: int,
+                    cold: dict[tuple[int, int], _ColdRead]) -> tuple[list[Message], int, bool]:
     total = 0
     errors = False
     responses = []
-    for topic, name in zip(request["topics"], names, strict=True):
+    for t, (topic, name) in enumerate(zip(request["topics"], names, strict=True)):
         partitions = []
-        for part in topic["partitions"]:
+        for p, part in enumerate(topic["partitions"]):
+            started = cold.get((t, p))
             index = part["partition"]
             plog = broker.partition(name, index) if name else None
             if plog is None:
@@ -67,7 +110,10 @@ async def _collect(ctx: RequestContext, request: Message, names: list[str | None
             if offset < plog.high_watermark and (budget > 0 or total == 0):
                 limit = min(part["partition_max_bytes"], max(budget, 1))
                 try:
-                    chunks = await broker.read(plog, offset, limit)
+                    if started is not None and started[0] is plog and started[1] == limit:
+                        chunks = await started[2]
+                    else:
+                        chunks = await broker.read(plog, offset, limit)
                 except CorruptSegmentError as exc:
                     broker_log_corrupt(plog, exc)
                     partitions.append(_partition_result(index, ErrorCode.KAFKA_STORAGE_ERROR, plog))

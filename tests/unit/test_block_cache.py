@@ -1,4 +1,4 @@
-"""The block cache: exact byte ranges, a hard memory bound, shared GETs and sequential read-ahead."""
+"""The block cache: exact byte ranges, a hard memory bound, shared GETs and sequential read-ahead in large GETs."""
 
 import asyncio
 import os
@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.block_cache import BlockCache
+from objectstore.base import ObjectStoreError
 from objectstore.memory import MemoryObjectStore
 
 DATA = os.urandom(10_000)
@@ -53,3 +54,122 @@ async def test_forget_drops_a_deleted_objects_blocks() -> None:
     assert cache.size == 2000
     cache.forget("seg")
     assert cache.size == 0
+
+
+class CountingStore(MemoryObjectStore):
+    """Records the byte range of every GET; can be told to fail some of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ranges: list[tuple[int, int | None]] = []
+        self.fail_calls: set[int] = set()  # numbers (from 0) of the GETs to fail
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        self.ranges.append((start, end))
+        if len(self.ranges) - 1 in self.fail_calls:
+            raise ObjectStoreError("injected GET failure")
+        return await super().get(key, start, end)
+
+
+async def _counting(capacity: int = 100_000, read_ahead: int = 0, max_get_blocks: int = 8,
+                    ) -> tuple[BlockCache, CountingStore]:
+    store = CountingStore()
+    await store.put("seg", DATA)
+    cache = BlockCache(store, capacity_bytes=capacity, block_size=1000, read_ahead=read_ahead,
+                       max_get_blocks=max_get_blocks)
+    return cache, store
+
+
+async def _idle(cache: BlockCache) -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_the_missing_blocks_of_one_read_come_in_one_get() -> None:
+    cache, store = await _counting()
+    assert await cache.read("seg", 500, 3500, len(DATA)) == DATA[500:3500]
+    assert store.ranges == [(0, 4000)]
+    assert await cache.read("seg", 1500, 4500, len(DATA)) == DATA[1500:4500]
+    assert store.ranges == [(0, 4000), (4000, 5000)]  # only the block not cached yet
+
+
+async def test_read_ahead_fills_half_a_window_at_a_time_in_large_gets() -> None:
+    cache, store = await _counting(read_ahead=6, max_get_blocks=3)
+    big = os.urandom(30_000)
+    await store.put("big", big)
+
+    async def read_block(n: int) -> None:
+        assert await cache.read("big", n * 1000, n * 1000 + 1000, len(big)) == big[n * 1000: n * 1000 + 1000]
+        await _idle(cache)
+
+    await read_block(0)
+    await read_block(1)  # sequential: blocks 2-7 ahead, in GETs of 3 blocks
+    assert store.ranges == [(0, 1000), (1000, 2000), (2000, 5000), (5000, 8000)]
+    await read_block(2)  # 1 or 2 blocks of the window missing: not worth a GET yet
+    await read_block(3)
+    assert len(store.ranges) == 4
+    await read_block(4)  # half the window (8-10) missing: one GET
+    assert store.ranges[4:] == [(8000, 11_000)]
+    for n in range(5, 30):
+        await read_block(n)
+    assert cache.stats["misses"] == 2  # only the first two reads waited for a GET of their own
+    assert all(end - start >= 2000 for start, end in store.ranges[2:])  # type: ignore[operator]
+
+
+async def test_begin_stream_reads_ahead_from_the_first_read() -> None:
+    cache, store = await _counting(read_ahead=4)
+    cache.begin_stream("seg")
+    await cache.read("seg", 0, 1000, len(DATA))
+    await _idle(cache)
+    assert store.ranges == [(0, 1000), (1000, 5000)]
+
+
+async def test_the_window_shrinks_so_that_all_streams_fit_in_half_the_cache() -> None:
+    cache, store = await _counting(capacity=8000, read_ahead=16)
+    for key in ("a", "b"):
+        await store.put(key, DATA)
+    await cache.read("a", 0, 1000, len(DATA))
+    assert cache.window() == 4  # no stream yet: 16 capped at half the cache (4 blocks)
+    await cache.read("a", 1000, 2000, len(DATA))
+    assert cache.window() == 4
+    await cache.read("b", 0, 1000, len(DATA))
+    await cache.read("b", 1000, 2000, len(DATA))
+    assert cache.window() == 2  # two streams share half the cache
+    await _idle(cache)
+    assert cache.size <= 8000
+
+
+async def test_a_failed_read_ahead_leaves_the_blocks_to_be_read_on_demand() -> None:
+    cache, store = await _counting(read_ahead=4)
+    store.fail_calls = {1}
+    cache.begin_stream("seg")
+    assert await cache.read("seg", 0, 1000, len(DATA)) == DATA[0:1000]  # its read-ahead GET (1-4) fails
+    await _idle(cache)
+    assert cache.stats["prefetched"] == 0
+    assert await cache.read("seg", 2000, 4000, len(DATA)) == DATA[2000:4000]
+    assert store.ranges[:3] == [(0, 1000), (1000, 5000), (2000, 4000)]
+
+
+async def test_a_cancelled_reader_does_not_cancel_the_get_others_wait_for() -> None:
+    cache, _ = await _counting()
+    first = asyncio.ensure_future(cache.read("seg", 0, 500, len(DATA)))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(cache.read("seg", 100, 600, len(DATA)))
+    await asyncio.sleep(0)
+    first.cancel()
+    assert await second == DATA[100:600]
+    assert cache.stats["gets"] == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=30), st.integers(1, 12), st.integers(1, 4))
+def test_read_ahead_never_breaks_the_memory_bound(starts: list[int], read_ahead: int, max_get: int) -> None:
+    async def run() -> None:
+        cache, _ = await _counting(capacity=3500, read_ahead=read_ahead, max_get_blocks=max_get)
+        for block in sorted(starts):  # mostly sequential, with jumps
+            start = block * 1000 + 10
+            assert await cache.read("seg", start, start + 1200, len(DATA)) == DATA[start:start + 1200]
+            assert cache.size <= 3500
+        await _idle(cache)
+        assert cache.size <= 3500
+    asyncio.run(run())

@@ -1,5 +1,7 @@
 """The object WAL: in-order acknowledgements, replay by another broker, and PUTs that never completed."""
 
+import asyncio
+import time
 from typing import Any
 
 from objectstore.base import ObjectStoreError
@@ -54,3 +56,96 @@ async def test_a_retried_put_over_a_leftover_object_of_the_same_write_succeeds()
     assert await wal.append([b"x"]) == 0
     await wal.close()
     assert [e.payload for e in await read_wal({"engine": "object", "prefix": "wal/1/1"}, store)] == [b"x"]
+
+
+class GatedStore(MemoryObjectStore):
+    """Holds each WAL PUT until the test opens its gate, and records what every PUT carried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: list[asyncio.Event] = []
+        self.started: list[str] = []
+
+    async def put_if_absent(self, key: str, data: Any) -> str:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        self.started.append(key)
+        await gate.wait()
+        return await super().put_if_absent(key, data)
+
+
+async def _settle(rounds: int = 5) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+async def test_a_lone_append_is_put_at_once_without_waiting_for_the_linger() -> None:
+    store = MemoryObjectStore()
+    wal = ObjectWriteAheadLog(store, "wal/1/1", linger_ms=60_000)
+    await wal.open()
+    started = time.monotonic()
+    assert await asyncio.wait_for(wal.append([b"x"]), 5) == 0
+    assert time.monotonic() - started < 5
+    assert wal.stats["commits"] == 1
+    await wal.close()
+
+
+async def test_appends_in_one_event_loop_pass_share_one_object() -> None:
+    store = MemoryObjectStore()
+    wal = ObjectWriteAheadLog(store, "wal/1/1", linger_ms=60_000)
+    await wal.open()
+    futures = [wal.submit([b"p%d" % i]) for i in range(3)]  # e.g. one produce request, three partitions
+    assert await asyncio.gather(*futures) == [0, 1, 2]
+    assert wal.stats["commits"] == 1
+    await wal.close()
+
+
+async def test_appends_arriving_while_a_put_is_in_flight_are_grouped_and_acknowledged_in_order() -> None:
+    store = GatedStore()
+    wal = ObjectWriteAheadLog(store, "wal/1/1", linger_ms=60_000)
+    await wal.open()
+    first = wal.submit([b"a"])
+    await _settle()
+    assert len(store.started) == 1  # written at once
+    later = [wal.submit([p]) for p in (b"b", b"c")]
+    await _settle()
+    later.append(wal.submit([b"d"]))
+    await _settle()
+    assert len(store.started) == 1 and not any(f.done() for f in [first, *later])  # they wait for the PUT
+    store.gates[0].set()
+    assert await first == 0
+    await _settle()
+    assert len(store.started) == 2  # everything that gathered meanwhile: the next group commit, one PUT
+    store.gates[1].set()
+    assert await asyncio.gather(*later) == [1, 2, 3]
+    await wal.close()
+    assert store.started == ["wal/1/1/00000000000000000000.wal", "wal/1/1/00000000000000000001.wal"]
+    entries = await read_wal({"engine": "object", "prefix": "wal/1/1"}, store)
+    assert [e.payload for e in entries] == [b"a", b"b", b"c", b"d"]
+
+
+async def test_the_linger_bounds_the_wait_behind_a_slow_put_but_acks_stay_in_order() -> None:
+    store = GatedStore()
+    wal = ObjectWriteAheadLog(store, "wal/1/1", linger_ms=20)
+    await wal.open()
+    first = wal.submit([b"a"])
+    await _settle()
+    second = wal.submit([b"b"])
+    await asyncio.sleep(0.2)
+    assert len(store.started) == 2  # the linger ran out: a second PUT while the first still hangs
+    store.gates[1].set()
+    await asyncio.sleep(0.05)
+    assert not second.done()  # written, but not acknowledged before the entry ahead of it
+    store.gates[0].set()
+    assert await asyncio.gather(first, second) == [0, 1]
+    await wal.close()
+
+
+async def test_eager_puts_zero_always_waits_for_the_linger() -> None:
+    store = MemoryObjectStore()
+    wal = ObjectWriteAheadLog(store, "wal/1/1", linger_ms=100, eager_puts=0)
+    await wal.open()
+    started = time.monotonic()
+    assert await wal.append([b"x"]) == 0
+    assert time.monotonic() - started >= 0.09
+    await wal.close()
