@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 
 import confluent_kafka
 
-from bench import baselines, failover_suite, monitor, report, s3_suite, workload, workload_spec
+from bench import baselines, failover_suite, idle_rss, monitor, report, s3_suite, workload, workload_spec
 from bench.broker_proc import BrokerProcess, read_cpu_seconds, read_memory_kib
 from bench.report import PERCENTILES, Figure, pct_label, percentile
 from bench.suite_common import SuiteResult
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsync-iterations", type=int, default=5000, help="write+fdatasync samples")
     p.add_argument("--no-mock", action="store_true", help="skip librdkafka's mock-cluster baseline")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plots")
+    p.add_argument("--idle-partitions", type=int, default=1000,
+                   help="partitions (one record each) on a fresh broker for the idle-RSS figure; 0 = skip")
     p.add_argument("--series-interval", type=float, default=1.0,
                    help="seconds per point of the throughput-over-time series")
     p.add_argument("--suite", type=_suites, default=",".join(SUITES),
@@ -133,6 +135,7 @@ class Measurements:
     rss_start_kib: int | None = None
     rss_end_kib: int | None = None
     rss_peak_kib: int | None = None
+    idle: Phase[idle_rss.IdleRss] = field(default_factory=Phase)
     failures: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     series: list[dict[str, Any]] = field(default_factory=list)  # throughput over time, one entry per phase
@@ -378,6 +381,12 @@ def build_figures(m: Measurements, args: argparse.Namespace) -> list[Figure]:
                           note=rss_note))
     figures.append(Figure("broker_peak_rss", mib(m.rss_peak_kib), "MiB", "broker_rss_at_start",
                           mib(m.rss_start_kib), note=rss_note))
+    idle = m.idle.result
+    figures.append(Figure(
+        "broker_rss_idle_partitions", mib(idle.rss_kib) if idle else None, "MiB", "broker_rss_at_start",
+        mib(idle.rss_at_start_kib) if idle else None, samples=idle.partitions if idle else None,
+        note=(f"a fresh broker with {idle.partitions:,} partitions, one record each, at rest; target <= 200 MB"
+              if idle else m.idle.error or "not measured")))
     return figures
 
 
@@ -470,6 +479,12 @@ def measure(args: argparse.Namespace, data_dir: Path, log_path: Path) -> tuple[M
         if pid:
             m.rss_end_kib, m.rss_peak_kib = read_memory_kib(pid)
             m.meta["broker_cpu_s"] = round(read_cpu_seconds(pid), 2)
+        if args.bootstrap or args.idle_partitions <= 0:
+            m.idle = Phase(None, "skipped (--bootstrap or --idle-partitions 0)")
+        else:
+            _say(f"idle broker: {args.idle_partitions:,} partitions with one record each")
+            m.idle = m.attempt("idle-partitions RSS", lambda: idle_rss.measure_idle_rss(
+                data_dir.with_name(data_dir.name + "-idle"), args.idle_partitions, max(1, args.idle_partitions // 10), args.broker_arg))
     finally:
         if mock is not None:
             mock.close()

@@ -40,6 +40,7 @@ EXPECTED = {
     "e2e_latency_p99.9": "mock_e2e_latency_p99.9",
     "broker_rss": "broker_rss_at_start",
     "broker_peak_rss": "broker_rss_at_start",
+    "broker_rss_idle_partitions": "broker_rss_at_start",
 }
 
 
@@ -94,7 +95,7 @@ def _tiny_run(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], subprocess.C
     except MockUnavailable as exc:
         pytest.skip(f"librdkafka mock cluster unavailable: {exc}")
     out = tmp_path / "latest.json"
-    cmd = [sys.executable, "-m", "bench", "--suite", "local", *extra, "--fsync-iterations", "200",
+    cmd = [sys.executable, "-m", "bench", "--suite", "local", *extra, "--fsync-iterations", "200", "--idle-partitions", "20",
            "--data-dir", str(tmp_path / "data"), "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
