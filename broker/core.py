@@ -137,6 +137,7 @@ class Broker:
         interval = self.settings.controller_interval_ms / 1000
         rounds = 0
         next_sweep = time.monotonic() + self.settings.wal_sweep_interval_ms / 1000
+        sweep: asyncio.Task[None] | None = None
         while not self.stopping:
             try:
                 self.cluster_brokers = await self.cluster.read_brokers()
@@ -155,15 +156,14 @@ class Broker:
                 else:
                     assignments, _etag = await self.cluster.read_assignments()
                 self.on_assignments(assignments)
+                self.groups.forget_unowned(self.coordinates)
             except Exception:  # noqa: BLE001 - the next round starts over from stored state
                 log.exception("cluster round failed")
-            self.groups.forget_unowned(self.coordinates)
-            if time.monotonic() >= next_sweep:
+            if time.monotonic() >= next_sweep and (sweep is None or sweep.done()):
+                # In the background: it reads every manifest, which must not hold up lease checks and the
+                # controller when the store is slow.
                 next_sweep = time.monotonic() + self.settings.wal_sweep_interval_ms / 1000
-                try:
-                    await self._sweep_old_wals()
-                except ObjectStoreError as exc:
-                    log.warning("removing old WALs failed (%s); retrying later", exc)
+                sweep = asyncio.create_task(self._sweep_old_wals_logged(), name="keel-wal-sweep")
             rounds += 1
             self.controller.wakeup.clear()
             with contextlib.suppress(TimeoutError):
@@ -186,6 +186,12 @@ class Broker:
         wal = build_wal(self.settings, self.store, incarnation)
         await wal.open()
         self.wal = wal
+
+    async def _sweep_old_wals_logged(self) -> None:
+        try:
+            await self._sweep_old_wals()
+        except Exception as exc:  # noqa: BLE001 - retried at the next interval
+            log.warning("removing old WALs failed (%r); retrying later", exc)
 
     async def _sweep_old_wals(self) -> None:
         """Deletes the WALs of this broker's earlier incarnations that no partition can need any more.

@@ -67,9 +67,8 @@ class WalFloors:
         released = 0
         for pin in list(self._pins):
             manifest, _etag = await meta.load_manifest(pin.topic_id, pin.partition)
-            if not still_needed(pin, manifest):
-                del self._pins[pin]
-                released += 1
+            if not still_needed(pin, manifest) and self._pins.pop(pin, None) is not None:
+                released += 1  # (clear() may have run while the manifest was loading)
         if released:
             log.debug("released %d WAL pin(s); %d left", released, len(self._pins))
         return released
