@@ -18,7 +18,6 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from broker import wal_entry
 from broker.config import Settings
@@ -47,6 +46,7 @@ from objectstore.base import ObjectStore, ObjectStoreError, TransientError
 from protocol import records
 from protocol.errors import ErrorCode
 from wal.base import WalError, WriteAheadLog
+from wal.reader import wal_location
 
 log = logging.getLogger("keel.broker")
 
@@ -203,26 +203,17 @@ class Broker:
         an election that picked an incarnation already dead -- whose WAL then holds nothing to replay."""
         if self.leadership.busy:
             return
-        referenced: set[int] = set()
+        referenced: list[dict[str, object]] = []
         for topic in list(self.topics.values()):
             for partition in range(topic.partitions):
                 manifest, _etag = await self.meta.load_manifest(topic.topic_id, partition)
-                locations = [manifest.leader_wal, *(location for location, _epoch in manifest.replay_from)]
-                referenced.update(incarnation for location in locations if location
-                                  if (incarnation := self._own_wal_incarnation(location)) is not None)
-        removed = await remove_old_wals(self.settings, self.store, self.membership.incarnation, keep=referenced)
+                referenced += [manifest.leader_wal or {}, *(location for location, _epoch in manifest.replay_from)]
+        base = wal_base(self.settings)
+        keep = {i for i in range(1, self.membership.incarnation)
+                if wal_location(base["engine"], base["base"], i) in referenced}
+        removed = await remove_old_wals(self.settings, self.store, self.membership.incarnation, keep=keep)
         if removed:
             log.info("removed %d WAL(s) of earlier incarnations", removed)
-
-    def _own_wal_incarnation(self, location: dict[str, object]) -> int | None:
-        """The incarnation number if ``location`` is one of this broker's WALs."""
-        base = wal_base(self.settings)
-        if location.get("engine") != base["engine"]:
-            return None
-        path = str(location.get("path") if base["engine"] == "file" else location.get("prefix"))
-        parent, _, incarnation = path.rstrip("/").rpartition("/")
-        root = str(Path(base["base"])) if base["engine"] == "file" else base["base"].strip("/")
-        return int(incarnation) if parent == root and incarnation.isdigit() else None
 
     def on_assignments(self, assignments: Assignments) -> None:
         self.assignments = assignments
