@@ -151,10 +151,14 @@ class GroupCoordinator:
     async def start(self) -> None:
         self._expiry_task = asyncio.create_task(self._expire_loop(), name="keel-group-expiry")
 
-    async def load(self, group_id: str) -> Group:
-        """The group, with its committed offsets read from the store when this coordinator first sees it."""
+    async def load(self, group_id: str, fresh: bool = False) -> Group:
+        """The group, with its committed offsets read from the store when this coordinator first sees it.
+        ``fresh`` re-reads the offsets of a group already held: brokers' views of who is alive differ for
+        a moment, so another broker may have coordinated the group and taken commits meanwhile."""
         group = self.groups.get(group_id)
         if group is not None:
+            if fresh:
+                await self._reread_offsets(group)
             return group
         loading = self._loading.get(group_id)
         if loading is None:
@@ -171,6 +175,13 @@ class GroupCoordinator:
             if etag is not None:  # a group nobody ever committed for does not exist yet
                 self.groups[group_id] = group
         return group
+
+    async def _reread_offsets(self, group: Group) -> None:
+        async with group.commit_lock:
+            offsets, etag = await self.store.read(group.group_id)
+            if etag != group.offsets_etag:
+                group.offsets = {key: CommittedOffset(*value) for key, value in offsets.items()}
+                group.offsets_etag = etag
 
     async def load_all(self, owned: Callable[[str], bool]) -> None:
         """Loads every stored group this coordinator owns (for ListGroups)."""
@@ -514,10 +525,16 @@ class GroupCoordinator:
                         group_id, _offsets_doc(merged), group.offsets_etag)
                     break
                 except ConflictError:
-                    # Somebody else wrote the document (an earlier coordinator): merge onto theirs.
+                    # Another coordinator wrote the document: merge onto theirs.  Where both took a
+                    # commit for one partition, the one received last wins, as it would on one broker
+                    # (a commit delayed by a slow store must not undo a later one).
                     current, etag = await self.store.read(group_id)
                     group.offsets_etag = etag
-                    merged = {**{k: CommittedOffset(*v) for k, v in current.items()}, **offsets}
+                    merged = {k: CommittedOffset(*v) for k, v in current.items()}
+                    for key, offset in offsets.items():
+                        stored = merged.get(key)
+                        if stored is None or stored.commit_ms <= offset.commit_ms:
+                            merged[key] = offset
             group.offsets = merged
 
     def committed(self, group_id: str) -> dict[tuple[str, int], CommittedOffset]:

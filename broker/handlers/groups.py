@@ -9,11 +9,12 @@ from protocol.errors import ErrorCode
 GROUP_KEY_TYPE = 0
 
 
-async def coordinated(ctx: RequestContext, group_id: str) -> ErrorCode:
-    """NOT_COORDINATOR unless this broker coordinates the group (whose state is then loaded)."""
+async def coordinated(ctx: RequestContext, group_id: str, fresh_offsets: bool = False) -> ErrorCode:
+    """NOT_COORDINATOR unless this broker coordinates the group (whose state is then loaded;
+    ``fresh_offsets`` re-reads its committed offsets from the store)."""
     if not ctx.broker.coordinates(group_id):
         return ErrorCode.NOT_COORDINATOR
-    await ctx.broker.groups.load(group_id)
+    await ctx.broker.groups.load(group_id, fresh=fresh_offsets)
     return ErrorCode.NONE
 
 

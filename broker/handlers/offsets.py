@@ -86,12 +86,12 @@ def _fetch_group(ctx: RequestContext, group_id: str, topics: list[Message] | Non
 
 async def offset_fetch(ctx: RequestContext, request: Message) -> Message:
     if ctx.version <= 7:
-        error = await coordinated(ctx, request["group_id"])
+        error = await coordinated(ctx, request["group_id"], fresh_offsets=True)
         return {"throttle_time_ms": 0, "error_code": error,
                 "topics": [] if error else _fetch_group(ctx, request["group_id"], request["topics"])}
     groups = []
     for g in request["groups"]:
-        error = await coordinated(ctx, g["group_id"])
+        error = await coordinated(ctx, g["group_id"], fresh_offsets=True)
         groups.append({"group_id": g["group_id"], "error_code": error,
                        "topics": [] if error else _fetch_group(ctx, g["group_id"], g["topics"])})
     return {"throttle_time_ms": 0, "groups": groups}

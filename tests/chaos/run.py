@@ -34,6 +34,7 @@ import argparse
 import bisect
 import contextlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -93,6 +94,7 @@ class Options:
     quiet: bool = False
     kinds: tuple[str, ...] = KINDS
     history: Path | None = None
+    client_debug: str = ""  # librdkafka debug contexts for the producers, logged to <base>/producer-N.log
 
 
 @dataclass
@@ -124,7 +126,15 @@ class ProducerThread(threading.Thread):
 
     def _new(self, producer_id: int) -> None:
         run = self.run_
-        self.current = RecordingProducer(producer_id, run.cluster.bootstrap, run.topic, run.options.partitions)
+        config: dict[str, Any] = {}
+        if run.options.client_debug:
+            logger = logging.getLogger(f"chaos.producer.{producer_id}")
+            logger.propagate = False
+            logger.addHandler(logging.FileHandler(run.base / f"producer-{producer_id}.log"))
+            logger.setLevel(logging.DEBUG)
+            config = {"debug": run.options.client_debug, "logger": logger}
+        self.current = RecordingProducer(producer_id, run.cluster.bootstrap, run.topic, run.options.partitions,
+                                         config)
         self.producers.append(self.current)
 
     def run(self) -> None:
@@ -424,8 +434,9 @@ class ChaosRun:
                 next_fault = time.monotonic() + interval * self.rng.uniform(0.6, 1.4)
             if time.monotonic() - last_progress >= 15:
                 last_progress = time.monotonic()
-                acked = sum(q.acked for p in self.producers for q in p.producers)
-                self.log(f"progress: {len(self.faults)} faults, {acked} acked, serving {self._serving_ids()}")
+                per_thread = [sum(q.acked for q in p.producers) for p in self.producers]
+                self.log(f"progress: {len(self.faults)} faults, {sum(per_thread)} acked {per_thread}, "
+                         f"serving {self._serving_ids()}")
             time.sleep(0.05)
 
     def heal(self) -> None:
@@ -650,6 +661,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--keep", action="store_true", help="do not delete the temporary directory")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--history", type=Path, default=None, help="write every send and the final read here")
+    parser.add_argument("--client-debug", default="", help="librdkafka debug contexts for the producers "
+                        "(e.g. eos,msg), logged to producer-N.log in the base directory")
     args = parser.parse_args(argv)
     kinds = tuple(k for k in args.kinds.split(",") if k)
     unknown = set(kinds) - set(KINDS)
@@ -659,7 +672,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    report=args.report, wal=args.wal, partitions=args.partitions, producers=args.producers,
                    rate=args.rate, interval=args.interval, lease_ms=args.lease_ms, seed=args.seed,
                    base_dir=args.base_dir, keep=args.keep, quiet=args.quiet, kinds=kinds,
-                   history=args.history)
+                   history=args.history, client_debug=args.client_debug)
 
 
 def main(argv: list[str] | None = None) -> int:
