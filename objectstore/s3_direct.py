@@ -1,0 +1,97 @@
+"""Signed S3 requests without botocore's request pipeline, for the small, frequent ones.
+
+Every object-WAL write, manifest CAS, lease renewal and segment read is one PUT, GET or
+HEAD.  Through an aiobotocore client each costs about 3 ms of CPU (parameter validation,
+serialisation, the event hooks, response parsing), which on a 2-core machine is what
+bounds the object-WAL's produce latency; botocore's SigV4 signer on an aiohttp request
+costs about 1 ms (docs/performance.md).  So these three verbs go out here: botocore
+still signs them (``S3SigV4Auth``) and supplies the credentials, aiohttp carries them.
+Listing, batch delete, multipart upload and bucket creation stay on aiobotocore.
+
+An error answer is raised as botocore's ``ClientError`` with the S3 error code and HTTP
+status, so the engine maps and retries it exactly as it does botocore's own.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import botocore.exceptions as boto_exc
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+_ERROR_CODE = re.compile(rb"<Code>([^<]*)</Code>")
+_ERROR_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+class DirectS3:
+    """PUT, GET and HEAD of keys in one bucket, signed with SigV4 and sent over one aiohttp session."""
+
+    def __init__(self, *, endpoint_url: str | None, bucket: str, region: str, path_style: bool,
+                 credentials: Any, connect_timeout: float, read_timeout: float, max_connections: int) -> None:
+        endpoint = urllib.parse.urlsplit(endpoint_url or f"https://s3.{region}.amazonaws.com")
+        if path_style:
+            self._base = f"{endpoint.scheme}://{endpoint.netloc}{endpoint.path.rstrip('/')}/{_quote(bucket)}/"
+        else:
+            self._base = f"{endpoint.scheme}://{bucket}.{endpoint.netloc}{endpoint.path.rstrip('/')}/"
+        self._region = region
+        self._credentials = credentials
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
+            auto_decompress=False,
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _signed_headers(self, method: str, url: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+        frozen = self._credentials.get_frozen_credentials()
+        if inspect.isawaitable(frozen):  # aiobotocore's refreshable credentials
+            frozen = await frozen
+        if frozen is None or not frozen.access_key:
+            raise boto_exc.NoCredentialsError()
+        request = AWSRequest(method=method, url=url, data=body, headers=headers)
+        S3SigV4Auth(frozen, "s3", self._region).add_auth(request)
+        return dict(request.headers.items())
+
+    async def send(self, operation: str, method: str, key: str, *, body: bytes = b"",
+                   headers: dict[str, str] | None = None) -> Reply:
+        """One attempt; a non-2xx answer raises ClientError (``operation`` names it, as botocore would)."""
+        url = self._base + _quote(key)
+        signed = await self._signed_headers(method, url, body, headers or {})
+        async with self._session.request(method, URL(url, encoded=True), data=body or None,
+                                         headers=signed) as resp:
+            data = await resp.read()
+            if resp.status >= 300:
+                raise _client_error(operation, resp.status, data)
+            return Reply(resp.status, resp.headers, data)
+
+
+def _quote(key: str) -> str:
+    return urllib.parse.quote(key, safe="/~")
+
+
+def _client_error(operation: str, status: int, body: bytes) -> boto_exc.ClientError:
+    code = _ERROR_CODE.search(body)
+    message = _ERROR_MESSAGE.search(body)
+    return boto_exc.ClientError(
+        {"Error": {"Code": code.group(1).decode(errors="replace") if code else str(status),
+                   "Message": message.group(1).decode(errors="replace") if message else ""},
+         "ResponseMetadata": {"HTTPStatusCode": status}},
+        operation,
+    )
