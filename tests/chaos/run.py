@@ -54,6 +54,7 @@ from cluster.cluster_process import Cluster, S3Target, wait_until
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from .bootstrap_proxy import BootstrapProxy
 from .checker import (
     FinalRead,
     Read,
@@ -133,7 +134,7 @@ class ProducerThread(threading.Thread):
             logger.addHandler(logging.FileHandler(run.base / f"producer-{producer_id}.log"))
             logger.setLevel(logging.DEBUG)
             config = {"debug": run.options.client_debug, "logger": logger}
-        self.current = RecordingProducer(producer_id, run.cluster.bootstrap, run.topic, run.options.partitions,
+        self.current = RecordingProducer(producer_id, run.client_bootstrap, run.topic, run.options.partitions,
                                          config)
         self.producers.append(self.current)
 
@@ -199,7 +200,7 @@ class ReaderThread(threading.Thread):
     def run(self) -> None:
         run = self.run_
         config: dict[str, Any] = {
-            "bootstrap.servers": run.cluster.bootstrap, "auto.offset.reset": "earliest",
+            "bootstrap.servers": run.client_bootstrap, "auto.offset.reset": "earliest",
             "group.id": self.group_id or f"chaos-along-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": self.group_id is not None, "auto.commit.interval.ms": 500,
             "on_commit": self._on_commit, "error_cb": lambda e: self.errors.update([e.name()]),
@@ -245,12 +246,18 @@ class ChaosRun:
         self.cluster: Cluster
         self.weed: Any = None
         self.proxy: FaultProxyProcess | None = None
+        self.bootstrap_proxy: BootstrapProxy | None = None  # the workload's clients bootstrap through it
         self.producers: list[ProducerThread] = []
         self.readers: list[ReaderThread] = []
         self._tmp: str | None = None
         self.recovered_s: float | None = None  # from the end of the faults until every partition is served
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def client_bootstrap(self) -> str:
+        """The workload's ``bootstrap.servers``: one address that outlives every broker (bootstrap_proxy.py)."""
+        return self.bootstrap_proxy.address if self.bootstrap_proxy is not None else self.cluster.bootstrap
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -288,6 +295,7 @@ class ChaosRun:
         self.cluster = Cluster(base / "cluster", s3=s3, wal=wal, lease_ms=o.lease_ms)
         self.cluster.start(o.brokers)
         self.cluster.wait_for_brokers(self.cluster.members, timeout=60)
+        self.bootstrap_proxy = BootstrapProxy(lambda: [m.process.address for m in self.cluster.serving()]).start()
         self._create_topic()
         self.log(f"cluster of {o.brokers} brokers on {o.store} (WAL {wal}), topic {self.topic} "
                  f"with {o.partitions} partitions")
@@ -609,7 +617,8 @@ class ChaosRun:
             producer.stop_sending.set()
         for reader in self.readers:
             reader.stop.set()
-        steps = [lambda: self.cluster.close() if hasattr(self, "cluster") else None,
+        steps = [lambda: self.bootstrap_proxy.stop() if self.bootstrap_proxy is not None else None,
+                 lambda: self.cluster.close() if hasattr(self, "cluster") else None,
                  lambda: self.proxy.stop() if self.proxy is not None else None,
                  lambda: self.weed.stop() if self.weed is not None else None,
                  *[lambda t=t: t.join(5) for t in [*self.producers, *self.readers]]]
