@@ -97,7 +97,8 @@ async def _scan(pieces: list[tuple[int, str]], reads: list[asyncio.Future[bytes 
             # was acknowledged: this is the end of the log.
             log.warning("WAL piece %s is unreadable (%s); replay stops there", name, exc)
             break
-        if data is None:
+        if data is None:  # listed, then gone: trimmed by its writer, so its entries are in segments
+            log.info("WAL piece %s was listed but is gone (trimmed meanwhile)", name)
             expected = None
             continue
         _end, expected, problem = scan_entries(data, first, entries)
