@@ -203,15 +203,17 @@ class Broker:
         an election that picked an incarnation already dead -- whose WAL then holds nothing to replay."""
         if self.leadership.busy:
             return
+        # Only incarnations already over when the manifests are read: an incarnation that ends while the
+        # (possibly slow) reads run may be named by a manifest read before it became a leader.
+        current = self.membership.incarnation
         referenced: list[dict[str, object]] = []
         for topic in list(self.topics.values()):
             for partition in range(topic.partitions):
                 manifest, _etag = await self.meta.load_manifest(topic.topic_id, partition)
                 referenced += [manifest.leader_wal or {}, *(location for location, _epoch in manifest.replay_from)]
         base = wal_base(self.settings)
-        keep = {i for i in range(1, self.membership.incarnation)
-                if wal_location(base["engine"], base["base"], i) in referenced}
-        removed = await remove_old_wals(self.settings, self.store, self.membership.incarnation, keep=keep)
+        keep = {i for i in range(1, current) if wal_location(base["engine"], base["base"], i) in referenced}
+        removed = await remove_old_wals(self.settings, self.store, current, keep=keep)
         if removed:
             log.info("removed %d WAL(s) of earlier incarnations", removed)
 
