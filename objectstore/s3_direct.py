@@ -75,7 +75,7 @@ class DirectS3:
         url = self._base + _quote(key)
         signed = await self._signed_headers(method, url, body, headers or {})
         async with self._session.request(method, URL(url, encoded=True), data=body or None,
-                                         headers=signed) as resp:
+                                         headers=signed, allow_redirects=False) as resp:
             data = await resp.read()
             if resp.status >= 300:
                 raise _client_error(operation, resp.status, data)
