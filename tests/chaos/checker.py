@@ -24,6 +24,7 @@ watermark, and :func:`check` counts
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import defaultdict
@@ -175,6 +176,8 @@ class FinalRead:
     # Partitions that could not be read to their high watermark in time: {partition: (reached, target)}
     # (target -1: not even the watermarks could be read).  Their missing records count as lost.
     incomplete: dict[int, tuple[int, int]] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)  # the last error each unreadable partition gave
+    leaders: dict[int, int] = field(default_factory=dict)  # the leaders Metadata named when the read ended
 
 
 def read_back(bootstrap: str, topic: str, partitions: int, timeout: float = 120.0) -> FinalRead:
@@ -190,12 +193,14 @@ def read_back(bootstrap: str, topic: str, partitions: int, timeout: float = 120.
     highs: dict[int, int] = {}
     incomplete: dict[int, tuple[int, int]] = {}
     records: dict[int, list[tuple[int, str]]] = {p: [] for p in range(partitions)}
+    errors: dict[int, str] = {}
     try:
         for p in range(partitions):
             while p not in highs:
                 try:
                     lows[p], highs[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
-                except KafkaException:
+                except KafkaException as exc:
+                    errors[p] = str(exc)
                     if time.monotonic() > deadline:
                         incomplete[p] = (0, -1)
                         lows[p] = highs[p] = 0
@@ -208,6 +213,8 @@ def read_back(bootstrap: str, topic: str, partitions: int, timeout: float = 120.
         while pending and time.monotonic() < deadline:
             for msg in consumer.consume(1000, 1.0):
                 if msg.error() is not None:
+                    if msg.partition() is not None and msg.error().code() != KafkaError._PARTITION_EOF:
+                        errors[msg.partition()] = msg.error().str()
                     continue  # EOF markers and transient errors: the loop condition decides
                 p, offset = msg.partition(), msg.offset()
                 if offset < highs[p]:
@@ -217,7 +224,12 @@ def read_back(bootstrap: str, topic: str, partitions: int, timeout: float = 120.
                     pending.discard(p)
         for p in pending:
             incomplete[p] = (position[p], highs[p])
-        return FinalRead(records, highs, lows, incomplete)
+        leaders: dict[int, int] = {}
+        if incomplete:
+            with contextlib.suppress(KafkaException):
+                meta = consumer.list_topics(topic, timeout=10).topics[topic]
+                leaders = {p: part.leader for p, part in meta.partitions.items()}
+        return FinalRead(records, highs, lows, incomplete, {p: errors.get(p, "") for p in incomplete}, leaders)
     finally:
         consumer.close()
 

@@ -602,7 +602,9 @@ class ChaosRun:
                         for r in self.readers},
             "partitions": {str(p): {"high_watermark": final.high_watermarks[p], "records": len(final.records[p])}
                            for p in final.records},
-            "unreadable_partitions": {str(p): {"reached": reached, "high_watermark": target}
+            "unreadable_partitions": {str(p): {"reached": reached, "high_watermark": target,
+                                               "last_error": final.errors.get(p, ""),
+                                               "leader_in_metadata": final.leaders.get(p)}
                                       for p, (reached, target) in final.incomplete.items()},
             "proxy": self.proxy.stats() if self.proxy is not None else None,
             "broker_logs": self.broker_log_problems(),
