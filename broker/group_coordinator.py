@@ -179,9 +179,8 @@ class GroupCoordinator:
     async def _reread_offsets(self, group: Group) -> None:
         async with group.commit_lock:
             offsets, etag = await self.store.read(group.group_id)
-            if etag != group.offsets_etag:
-                group.offsets = {key: CommittedOffset(*value) for key, value in offsets.items()}
-                group.offsets_etag = etag
+            group.offsets = {key: CommittedOffset(*value) for key, value in offsets.items()}
+            group.offsets_etag = etag
 
     async def load_all(self, owned: Callable[[str], bool]) -> None:
         """Loads every stored group this coordinator owns (for ListGroups)."""
@@ -529,8 +528,11 @@ class GroupCoordinator:
                     # commit for one partition, the one received last wins, as it would on one broker
                     # (a commit delayed by a slow store must not undo a later one).
                     current, etag = await self.store.read(group_id)
+                    # The stored document and its ETag together: should the next write fail, the
+                    # group still holds a consistent view (never an old map under a newer ETag).
+                    group.offsets = {k: CommittedOffset(*v) for k, v in current.items()}
                     group.offsets_etag = etag
-                    merged = {k: CommittedOffset(*v) for k, v in current.items()}
+                    merged = dict(group.offsets)
                     for key, offset in offsets.items():
                         stored = merged.get(key)
                         if stored is None or stored.commit_ms <= offset.commit_ms:

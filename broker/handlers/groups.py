@@ -4,6 +4,7 @@ ListGroups, DescribeGroups and DeleteGroups.  The state machine lives in ``broke
 from __future__ import annotations
 
 from broker.handlers.base import Api, Message, RequestContext
+from objectstore.base import ObjectStoreError
 from protocol.errors import ErrorCode
 
 GROUP_KEY_TYPE = 0
@@ -14,7 +15,10 @@ async def coordinated(ctx: RequestContext, group_id: str, fresh_offsets: bool = 
     ``fresh_offsets`` re-reads its committed offsets from the store)."""
     if not ctx.broker.coordinates(group_id):
         return ErrorCode.NOT_COORDINATOR
-    await ctx.broker.groups.load(group_id, fresh=fresh_offsets)
+    try:
+        await ctx.broker.groups.load(group_id, fresh=fresh_offsets)
+    except ObjectStoreError:
+        return ErrorCode.COORDINATOR_NOT_AVAILABLE  # the group's stored offsets cannot be read now: retry
     return ErrorCode.NONE
 
 

@@ -7,8 +7,13 @@ by the other, which answered OffsetFetch from offsets it had read earlier.
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from broker.group_coordinator import CommittedOffset, GroupCoordinator
 from metadata.store import GroupOffsetsStore, MetadataStore
+from objectstore.base import TransientError
 from objectstore.memory import MemoryObjectStore
 
 GROUP = "audit-readers"
@@ -16,8 +21,8 @@ KEY = ("audit", 0)
 
 
 def two_coordinators() -> tuple[GroupCoordinator, GroupCoordinator]:
-    offsets = GroupOffsetsStore(MetadataStore(MemoryObjectStore(), prefix="c1"))
-    return GroupCoordinator(offsets), GroupCoordinator(offsets)
+    meta = MetadataStore(MemoryObjectStore(), prefix="c1")
+    return GroupCoordinator(GroupOffsetsStore(meta)), GroupCoordinator(GroupOffsetsStore(meta))
 
 
 def at(offset: int, commit_ms: int) -> dict[tuple[str, int], CommittedOffset]:
@@ -57,3 +62,32 @@ async def test_a_later_commit_wins_over_the_stored_one() -> None:
 
     await second.load(GROUP, fresh=True)
     assert second.committed(GROUP)[KEY].offset == 5
+
+
+async def test_a_failed_retry_after_a_conflict_leaves_no_stale_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = two_coordinators()
+    other = ("audit", 1)
+    await first.commit(GROUP, at(10, commit_ms=1_000))
+    await second.load(GROUP)
+    await second.commit(GROUP, {other: CommittedOffset(5, -1, None, 2_000)})
+
+    real_write = first.store.write
+    calls = 0
+
+    async def write_failing_after_the_conflict(*args: Any) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the retry that follows the conflict
+            raise TransientError("store unreachable")
+        return await real_write(*args)
+
+    monkeypatch.setattr(first.store, "write", write_failing_after_the_conflict)
+    with pytest.raises(TransientError):
+        await first.commit(GROUP, at(20, commit_ms=3_000))
+
+    await first.load(GROUP, fresh=True)
+    assert first.committed(GROUP)[other].offset == 5  # the other coordinator's confirmed commit is seen
+    await first.commit(GROUP, at(30, commit_ms=4_000))
+    await second.load(GROUP, fresh=True)
+    assert second.committed(GROUP)[other].offset == 5  # and not overwritten by the next commit
+    assert second.committed(GROUP)[KEY].offset == 30
