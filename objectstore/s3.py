@@ -125,7 +125,7 @@ def _is_retriable(exc: BaseException) -> bool:
     if isinstance(exc, boto_exc.ClientError):
         code, status = _error_code(exc)
         return status >= 500 or status in (408, 429) or code in _RETRIABLE_CODES
-    return isinstance(exc, _NETWORK_ERRORS) and not isinstance(exc, boto_exc.SSLError)
+    return isinstance(exc, _NETWORK_ERRORS) and not isinstance(exc, boto_exc.SSLError | aiohttp.ClientSSLError)
 
 
 def _is_not_found(exc: boto_exc.ClientError) -> bool:

@@ -51,15 +51,20 @@ class DirectS3:
         self._region = region
         self._credentials = credentials
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(limit=max_connections),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
             auto_decompress=False,
+            # As aiobotocore does: bytes exactly as stored (no transfer compression), no invented type.
+            headers={"Accept-Encoding": "identity"},
+            skip_auto_headers=("Content-Type",),
         )
 
     async def close(self) -> None:
         await self._session.close()
 
     async def _signed_headers(self, method: str, url: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+        if self._credentials is None:
+            raise boto_exc.NoCredentialsError()
         frozen = self._credentials.get_frozen_credentials()
         if inspect.isawaitable(frozen):  # aiobotocore's refreshable credentials
             frozen = await frozen
