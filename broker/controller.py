@@ -45,6 +45,10 @@ MAX_MOVES_PER_ROUND = 8
 class LeaderStillLive(Exception):
     """The partition's current leader was seen live by a fresh read; electing now could make two leaders."""
 
+    def __init__(self, broker_id: int, incarnation: int, epoch: int) -> None:
+        super().__init__(f"broker {broker_id} incarnation {incarnation} may still hold its lease")
+        self.broker_id, self.incarnation, self.epoch = broker_id, incarnation, epoch
+
 
 def registration_wal(registration: BrokerRegistration) -> dict[str, object]:
     wal = registration.wal
@@ -172,7 +176,14 @@ class Controller:
                                            return_exceptions=True)
             for (key, _t, _p, reg), result in zip(elections, results, strict=True):
                 if isinstance(result, LeaderStillLive):
-                    log.info("not electing a leader for %s yet: %s", key, result)
+                    # The manifest names a leader that is alive, which the assignment does not name (an
+                    # earlier controller elected it and lost its lease before publishing): publish it, so
+                    # that it serves, instead of waiting for a lease that is being renewed.
+                    adopted = PartitionAssignment(result.broker_id, result.epoch, result.incarnation)
+                    if assignments.partitions.get(key) != adopted:
+                        log.info("%s: the manifest's leader, %s, is alive; publishing it", key, result)
+                        assignments.partitions[key] = adopted
+                        changed = True
                     continue
                 if isinstance(result, BaseException):
                     log.warning("electing a leader for %s failed: %s", key, result)
@@ -230,7 +241,7 @@ class Controller:
                 if check is None:
                     check = lease_checks[holder] = asyncio.ensure_future(self._lease_over(*holder))
                 if not await asyncio.shield(check):
-                    raise LeaderStillLive(f"broker {holder[0]} incarnation {holder[1]} may still hold its lease")
+                    raise LeaderStillLive(holder[0], holder[1], manifest.leader_epoch)
             updated = change(manifest)
             try:
                 await meta.commit_manifest(updated, etag)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import pytest
 
 from broker.controller import Controller, LeaderStillLive
 from broker.membership import wall_ms
-from metadata.cluster import BrokerRegistration, ClusterStore
+from metadata.cluster import Assignments, BrokerRegistration, ClusterStore, PartitionAssignment
 from metadata.store import Manifest, MetadataStore, TopicRecord
 from objectstore.memory import MemoryObjectStore
 
@@ -62,3 +62,30 @@ async def test_a_newer_incarnation_means_the_old_one_is_over() -> None:
     # Registering incarnation 6 waits out incarnation 5's lease first, whatever 6's own expiry is.
     await cluster.write_broker(registration(3, 6, wall_ms() + 1000), None)
     assert await controller._elect(TOPIC, 0, registration(3, 6, wall_ms() + 1000), {}) == 10
+
+
+async def test_a_live_leader_the_assignment_does_not_name_is_published() -> None:
+    """Seen in a long chaos run: a controller elected broker 3 in the manifest, then lost its lease
+    before publishing the assignment.  The next controller, on a stale view of the registrations,
+    kept trying to elect and kept finding broker 3 alive, and the partition had no serving leader
+    for 33 s.  It now publishes the manifest's live leader."""
+    controller, cluster, meta = await setup()
+    await cluster.write_broker(registration(3, 5, wall_ms() + 1000), None)  # alive and renewing
+    stale = registration(3, 5, wall_ms() - 1)  # what this round read a moment ago
+    me = registration(1, 8, wall_ms() + 1000)
+    key = Assignments.key(TOPIC.topic_id, 0)
+    await cluster.write_assignments(Assignments(1, 0, {key: PartitionAssignment(2, 8, 4)}), None)
+    published: list[Assignments] = []
+    broker = SimpleNamespace(
+        cluster=cluster, meta=meta, cluster_brokers={1: me, 3: stale}, topics={TOPIC.name: TOPIC},
+        leaving=False, membership=SimpleNamespace(incarnation=8, lease_valid=lambda: True),
+        settings=SimpleNamespace(broker_id=1, lease_ms=1000, lease_renew_ms=200, lease_margin_ms=200),
+        on_assignments=published.append)
+    controller = Controller(broker)  # type: ignore[arg-type]
+
+    await controller.tick()
+
+    stored, _etag = await cluster.read_assignments()
+    assert stored.partitions[key] == PartitionAssignment(3, 9, 5)
+    manifest, _etag = await meta.load_manifest(TOPIC.topic_id, 0)
+    assert (manifest.leader, manifest.leader_epoch) == (3, 9)  # nobody was elected over it
