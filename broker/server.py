@@ -149,10 +149,12 @@ class KafkaServer:
                 writer.close()
                 return
             if response is not None:
-                writer.write(response)
+                if writer.is_closing():
+                    return  # the client went away while its request was handled
                 try:
+                    writer.write(response)
                     await writer.drain()
-                except ConnectionError:
+                except (ConnectionError, RuntimeError):  # uvloop: RuntimeError on a transport closed meanwhile
                     return
 
     async def _handle(self, frame: memoryview, peer: str) -> Any:
