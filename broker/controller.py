@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("keel.controller")
 MAX_MOVES_PER_ROUND = 8
+# Manifests compared with the published assignment per controller round, in turn over all partitions.
+AUDITS_PER_ROUND = 4
 
 
 class LeaderStillLive(Exception):
@@ -66,6 +68,7 @@ class Controller:
         self.assignments: Assignments | None = None
         self._assignments_etag: str | None = None
         self.wakeup = asyncio.Event()
+        self._audit_cursor = 0
         self.stats = {"elections": 0, "handovers_requested": 0, "ticks": 0}
 
     @property
@@ -160,6 +163,7 @@ class Controller:
             if holder_ok(a, live):
                 load[a.leader] += 1
 
+        changed |= await self._audit(assignments, wanted)
         elections = []
         for key, (topic, p) in wanted.items():
             a = assignments.partitions.get(key)
@@ -203,6 +207,33 @@ class Controller:
                 self.assignments, self._assignments_etag = await self.cluster.read_assignments()
                 return
             broker.on_assignments(assignments)
+
+    async def _audit(self, assignments: Assignments, wanted: dict[str, tuple[TopicRecord, int]]) -> bool:
+        """Publishes the manifest's leader where the assignment names another.
+
+        The manifest is the truth; the assignment only tells brokers what to serve.  They disagree when
+        two controllers overlapped (seen in a chaos run: one published "broker 14 at epoch 99" while
+        the other had already written epoch 100 into the manifest, and nobody served the partition).
+        A partition that is being handed over is left to the hand-over."""
+        keys = sorted(wanted)
+        if not keys:
+            return False
+        changed = False
+        for i in range(min(AUDITS_PER_ROUND, len(keys))):
+            key = keys[(self._audit_cursor + i) % len(keys)]
+            a = assignments.partitions.get(key)
+            if a is None or a.moving_to >= 0:
+                continue
+            topic, p = wanted[key]
+            manifest, _etag = await self.broker.meta.load_manifest(topic.topic_id, p)
+            stored = PartitionAssignment(manifest.leader, manifest.leader_epoch, manifest.leader_incarnation)
+            if manifest.leader >= 0 and manifest.leader_epoch > a.epoch and stored != a:
+                log.info("%s: the assignment names broker %d at epoch %d, the manifest broker %d at epoch %d; "
+                         "publishing the manifest's", key, a.leader, a.epoch, manifest.leader, manifest.leader_epoch)
+                assignments.partitions[key] = stored
+                changed = True
+        self._audit_cursor = (self._audit_cursor + AUDITS_PER_ROUND) % len(keys)
+        return changed
 
     async def _lease_over(self, broker_id: int, incarnation: int) -> bool:
         """Whether incarnation ``incarnation`` of ``broker_id`` can no longer acknowledge anything.

@@ -89,3 +89,28 @@ async def test_a_live_leader_the_assignment_does_not_name_is_published() -> None
     assert stored.partitions[key] == PartitionAssignment(3, 9, 5)
     manifest, _etag = await meta.load_manifest(TOPIC.topic_id, 0)
     assert (manifest.leader, manifest.leader_epoch) == (3, 9)  # nobody was elected over it
+
+
+async def test_an_assignment_behind_the_manifest_is_corrected() -> None:
+    """Seen in a long chaos run: two controllers overlapped; one published "broker 1 at epoch 8" after
+    the other had written epoch 9 (broker 3) into the manifest.  Broker 1's takeover found the manifest
+    ahead and gave up, broker 3 was not told to serve, and the partition stayed without a leader."""
+    controller, cluster, meta = await setup()  # the manifest: broker 3 incarnation 5 at epoch 9
+    me = registration(1, 8, wall_ms() + 1000)
+    leader = registration(3, 5, wall_ms() + 1000)
+    await cluster.write_broker(leader, None)
+    key = Assignments.key(TOPIC.topic_id, 0)
+    await cluster.write_assignments(Assignments(1, 0, {key: PartitionAssignment(1, 8, 8)}), None)
+    broker = SimpleNamespace(
+        cluster=cluster, meta=meta, cluster_brokers={1: me, 3: leader}, topics={TOPIC.name: TOPIC},
+        leaving=False, membership=SimpleNamespace(incarnation=8, lease_valid=lambda: True),
+        settings=SimpleNamespace(broker_id=1, lease_ms=1000, lease_renew_ms=200, lease_margin_ms=200),
+        on_assignments=lambda _a: None)
+    controller = Controller(broker)  # type: ignore[arg-type]
+
+    await controller.tick()
+
+    stored, _etag = await cluster.read_assignments()
+    assert stored.partitions[key] == PartitionAssignment(3, 9, 5)
+    manifest, _etag = await meta.load_manifest(TOPIC.topic_id, 0)
+    assert (manifest.leader, manifest.leader_epoch) == (3, 9)
