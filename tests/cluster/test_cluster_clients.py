@@ -1,8 +1,10 @@
 """The standard clients against a three-broker cluster: the single-broker client tests, on a cluster.
 
-Each client creates its topic (kafka-python and aiokafka send CreateTopics to the controller that
-Metadata names), produces compressed, keyed records with headers to partitions led by different
-brokers, consumes them back and looks up offsets, all through a bootstrap list of the three brokers.
+Each client produces compressed, keyed records with headers to partitions led by different brokers,
+consumes them back and looks up offsets, all through a bootstrap list of the three brokers.  The topic
+is created first and every broker waited for: a broker learns of a topic made through another one at
+its next topic refresh, and kafka-python's admin client describes a new topic at once, perhaps on a
+broker that does not know it yet.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster.cluster_process import Cluster
 from integration.test_clients_produce_consume import (
@@ -44,7 +47,8 @@ def test_a_client_produces_and_consumes_across_three_brokers(cluster: Cluster, c
     client = CLIENTS[client_name]
     bootstrap = cluster.bootstrap
     topic = new_topic(f"cluster-{client_name}")
-    client.create_topic(bootstrap, topic, PARTITIONS)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, PARTITIONS)])[topic].result(30)
     leaders = cluster.wait_for_leaders(topic, PARTITIONS)
     assert len({leader.leader for leader in leaders.values()}) > 1, f"leaders not spread: {leaders}"
 
