@@ -132,10 +132,10 @@ class Leadership:
                         or header.leader_epoch != source_epoch):
                     continue
                 batch = bytes(batch_view)
-                base_offset = records.read_header(batch).base_offset
-                if gap is None and base_offset > plog.next_offset:
-                    gap = (base_offset, plog.next_offset)
-                if gap is None and _add_replayed(plog, batch):
+                batch_header = records.read_header(batch)
+                if gap is None and batch_header.base_offset > plog.next_offset:
+                    gap = (batch_header.base_offset, plog.next_offset)
+                if gap is None and _add_replayed(plog, batch, batch_header):
                     replayed += 1
                     self.stats["replayed_bytes"] += len(batch)
         gap_key = (topic.topic_id, partition, epoch)
@@ -234,9 +234,8 @@ class Leadership:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
-def _add_replayed(plog: PartitionLog, batch: bytes) -> bool:
+def _add_replayed(plog: PartitionLog, batch: bytes, header: records.BatchHeader) -> bool:
     """Adds a replayed batch that follows the log (not one already in a segment; never past a gap)."""
-    header = records.read_header(batch)
     if header.last_offset < plog.next_offset or header.base_offset > plog.next_offset:
         return False
     plog.add(TailBatch(header.base_offset, header.last_offset, header.max_timestamp, batch,
