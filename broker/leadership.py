@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING, Any
 from broker import wal_entry
 from broker.controller import registration_wal
 from broker.partition_log import PartitionLog, TailBatch
+from broker.segment import CorruptSegmentError, iter_batches, open_segment
 from metadata.cluster import Assignments
 from metadata.store import ConflictError, Manifest, TopicRecord
+from objectstore.base import NotFound
 from protocol import records
 from wal.base import WalEntry
 from wal.reader import read_wal
@@ -63,7 +65,7 @@ class Leadership:
         self._wal_cache: dict[str, tuple[float, asyncio.Future[list[WalEntry]]]] = {}
         self._gaps_since: dict[tuple[str, int, int], float] = {}  # (topic id, partition, epoch) -> first seen
         self._slots = asyncio.Semaphore(MAX_PARALLEL_TAKEOVERS)
-        self.stats = {"takeovers": 0, "handovers": 0, "resignations": 0, "replayed_batches": 0,
+        self.stats = {"takeovers": 0, "handovers": 0, "resignations": 0, "replayed_batches": 0, "uncommitted_segment_batches": 0,
                       "replayed_bytes": 0, "wal_bytes_read": 0, "segment_bytes_copied": 0}
 
     @property
@@ -125,6 +127,8 @@ class Leadership:
         plog = PartitionLog.from_manifest(topic, partition, manifest, etag)
         replayed = 0
         gap: tuple[int, int] | None = None  # (offset found, offset expected)
+        source_epochs = sorted({epoch for _location, epoch in manifest.replay_from})
+        tried: set[int] = set()  # offsets already looked up as uncommitted segments
         for location, source_epoch in manifest.replay_from:
             for entry in await self._read_wal(location):
                 header, batch_view = wal_entry.decode(entry.payload)
@@ -134,10 +138,14 @@ class Leadership:
                 batch = bytes(batch_view)
                 batch_header = records.read_header(batch)
                 if gap is None and batch_header.base_offset > plog.next_offset:
-                    gap = (batch_header.base_offset, plog.next_offset)
+                    replayed += await self._replay_uncommitted_segments(topic, plog, source_epochs, tried)
+                    if batch_header.base_offset > plog.next_offset:
+                        gap = (batch_header.base_offset, plog.next_offset)
                 if gap is None and _add_replayed(plog, batch, batch_header):
                     replayed += 1
                     self.stats["replayed_bytes"] += len(batch)
+        if gap is None:  # the last entries may have been flushed, and trimmed, without their ref
+            replayed += await self._replay_uncommitted_segments(topic, plog, source_epochs, tried)
         gap_key = (topic.topic_id, partition, epoch)
         if gap is not None:
             since = self._gaps_since.setdefault(gap_key, started)
@@ -162,6 +170,42 @@ class Leadership:
         self.stats["takeovers"] += 1
         log.info("%s-%d: serving as leader at epoch %d from offset %d (%d batches replayed in %.0f ms)",
                  topic.name, partition, epoch, plog.next_offset, replayed, (time.monotonic() - started) * 1000)
+
+    async def _replay_uncommitted_segments(self, topic: TopicRecord, plog: PartitionLog, epochs: list[int],
+                                           tried: set[int]) -> int:
+        """Replays segment objects that a former leader wrote at the log's end but that the manifest lacks.
+
+        A leader trims its WAL once a segment's manifest commit succeeds. If that committed ref is
+        later missing from the manifest (seen once under S3 faults; how it was lost is not known),
+        the entries are in neither place a takeover reads, except the segment object itself, whose
+        key is fixed by its base offset and epoch. Its batches are replayed like WAL entries;
+        returns how many were added."""
+        broker = self.broker
+        added = 0
+        while plog.next_offset not in tried:
+            offset = plog.next_offset
+            tried.add(offset)
+            for epoch in epochs:
+                key = broker.meta.segment_key(topic.topic_id, plog.partition, offset, epoch)
+                try:
+                    _footer, _index, body = open_segment(await broker.store.get(key))
+                    batches = list(iter_batches(body))
+                except NotFound:
+                    continue
+                except CorruptSegmentError as exc:
+                    log.error("%s-%d: uncommitted segment %s is corrupt (%s); not replayed", topic.name,
+                              plog.partition, key, exc)
+                    continue
+                count = 0
+                for batch in batches:
+                    if _add_replayed(plog, batch, records.read_header(batch)):
+                        count += 1
+                log.warning("%s-%d: offsets %d..%d were in a segment the manifest did not list (%s); replayed "
+                            "%d batches from it", topic.name, plog.partition, offset, plog.next_offset - 1, key, count)
+                self.stats["uncommitted_segment_batches"] += count
+                added += count
+                break
+        return added
 
     async def _read_wal(self, location: dict[str, Any]) -> list[WalEntry]:
         key = json.dumps(location, sort_keys=True)

@@ -18,7 +18,8 @@ from broker import leadership as leadership_module
 from broker import wal_entry
 from broker.leadership import Leadership, ReplayGap
 from broker.partition_log import PartitionLog, TailBatch
-from metadata.store import Manifest, MetadataStore, TopicRecord
+from broker.segment import build_segment
+from metadata.store import Manifest, MetadataStore, SegmentRef, TopicRecord
 from objectstore.memory import MemoryObjectStore
 from protocol.records import assign_offsets, build_batch
 from wal.object import ObjectWriteAheadLog
@@ -115,3 +116,58 @@ async def test_a_retry_reads_the_wal_afresh() -> None:
     assert [p.next_offset for p in broker.served] == [9]
     assert dataclasses.asdict(broker.served[0].manifest)["replay_from"] == []
     await wal.close()
+
+
+async def put_segment(broker: FakeBroker, batches: list[bytes], epoch: int) -> SegmentRef:
+    parts, footer = build_segment(batches)
+    key = broker.meta.segment_key(TOPIC.topic_id, 0, footer.base_offset, epoch)
+    body = b"".join(parts)
+    await broker.store.put(key, body)
+    return SegmentRef(footer.base_offset, footer.last_offset, key, len(body), footer.max_timestamp)
+
+
+async def committed_up_to_2(broker: FakeBroker) -> None:
+    """The manifest lists the old leader's first segment (offsets 0..2), as after one successful flush."""
+    ref = await put_segment(broker, [batch_at(0)], OLD_EPOCH)
+    manifest, etag = await broker.meta.load_manifest(TOPIC.topic_id, 0)
+    await broker.meta.commit_manifest(dataclasses.replace(manifest, segments=[ref]), etag)
+
+
+async def test_a_flushed_segment_missing_from_the_manifest_fills_the_gap() -> None:
+    """Chaos run 2026-12-02 13:07: the old leader flushed offsets 66356..66383 into `66356-171.seg`, its
+    manifest commit succeeded and it trimmed its WAL, but the next manifest lacked the ref.  The new
+    leader's replay found the WAL starting after the gap."""
+    store = MemoryObjectStore()
+    await old_leaders_wal(store, [batch_at(0), batch_at(3), batch_at(6)])
+    pieces = sorted(info.key for info in await store.list(OLD_WAL["prefix"] + "/"))
+    for trimmed in pieces[:2]:  # 0..2 and 3..5 were flushed, so the WAL was trimmed up to 6
+        await store.delete(trimmed)
+    broker = await elected(store)
+    await committed_up_to_2(broker)
+    await put_segment(broker, [batch_at(3)], OLD_EPOCH)  # written, its ref lost
+    leadership = Leadership(broker)  # type: ignore[arg-type]
+    await leadership.take_over(TOPIC, 0, NEW_EPOCH)  # type: ignore[arg-type]
+    assert [p.next_offset for p in broker.served] == [9]
+    assert leadership.stats["uncommitted_segment_batches"] == 1
+
+
+async def test_without_that_segment_the_gap_stays() -> None:
+    store = MemoryObjectStore()
+    await old_leaders_wal(store, [batch_at(0), batch_at(3), batch_at(6)])
+    pieces = sorted(info.key for info in await store.list(OLD_WAL["prefix"] + "/"))
+    for trimmed in pieces[:2]:
+        await store.delete(trimmed)
+    broker = await elected(store)
+    await committed_up_to_2(broker)
+    await put_segment(broker, [batch_at(3)], OLD_EPOCH - 1)  # an older leader's leftover, not this epoch's
+    with pytest.raises(ReplayGap):
+        await Leadership(broker).take_over(TOPIC, 0, NEW_EPOCH)  # type: ignore[arg-type]
+
+
+async def test_a_missing_segment_after_the_last_wal_entry_is_replayed_too() -> None:
+    store = MemoryObjectStore()
+    await old_leaders_wal(store, [batch_at(0)])
+    broker = await elected(store)
+    await put_segment(broker, [batch_at(3), batch_at(6)], OLD_EPOCH)
+    await Leadership(broker).take_over(TOPIC, 0, NEW_EPOCH)  # type: ignore[arg-type]
+    assert [p.next_offset for p in broker.served] == [9]
