@@ -188,24 +188,30 @@ def read_back(bootstrap: str, topic: str, partitions: int, timeout: float = 120.
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"chaos-checker-{time.time_ns()}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
                          "enable.partition.eof": True, "fetch.max.bytes": 8 * 1024 * 1024, "log_level": 2})
-    deadline = time.monotonic() + timeout
     lows: dict[int, int] = {}
     highs: dict[int, int] = {}
     incomplete: dict[int, tuple[int, int]] = {}
     records: dict[int, list[tuple[int, str]]] = {p: [] for p in range(partitions)}
     errors: dict[int, str] = {}
     try:
-        for p in range(partitions):
-            while p not in highs:
+        # All partitions in turn, so that one without watermarks does not use up the others' time.
+        deadline = time.monotonic() + timeout
+        missing = set(range(partitions))
+        while missing:
+            for p in sorted(missing):
                 try:
                     lows[p], highs[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+                    missing.discard(p)
                 except KafkaException as exc:
                     errors[p] = str(exc)
-                    if time.monotonic() > deadline:
-                        incomplete[p] = (0, -1)
-                        lows[p] = highs[p] = 0
-                    else:
-                        time.sleep(0.2)
+            if missing and time.monotonic() > deadline:
+                for p in missing:
+                    incomplete[p] = (0, -1)
+                    lows[p] = highs[p] = 0
+                break
+            if missing:
+                time.sleep(0.2)
+        deadline = time.monotonic() + timeout  # the read of the readable partitions gets its own time
         readable = [p for p in range(partitions) if p not in incomplete]
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in readable])
         pending = {p for p in readable if highs[p] > lows[p]}
