@@ -125,7 +125,7 @@ class Membership:
         try:
             # Useless once the lease has run out (the broker then rejoins as a new incarnation, which
             # reads the registration afresh), so a renewal never waits on the store longer than that.
-            self._etag = await asyncio.wait_for(self.cluster.write_broker(registration, self._etag),
+            self._etag = await asyncio.wait_for(self._write(registration),
                                                 max(0.05, self._valid_until - time.monotonic()))
             # Extend only if the renewal landed while the previous lease was still good: otherwise the
             # stored lease may have looked expired to the controller for a while, and it may have acted.
@@ -138,6 +138,24 @@ class Membership:
         except (ObjectStoreError, TimeoutError) as exc:
             log.warning("lease renewal failed (%r); valid for %.2f s more", exc,
                         max(0.0, self._valid_until - time.monotonic()))
+
+    async def _write(self, registration: BrokerRegistration) -> str:
+        """Writes the renewal; returns the new ETag.
+
+        A renewal given up on above (its timeout) may still land later, leaving the stored ETag one
+        this process never saw; the next renewal then loses its condition against its own write.
+        A registration of this incarnation can only have been written by this process (another
+        one registers a higher incarnation), so its ETag is taken and the renewal written again."""
+        try:
+            return await self.cluster.write_broker(registration, self._etag)
+        except ConflictError:
+            stored, etag = await self.cluster.read_broker(registration.broker_id)
+            if stored is None or etag is None or stored.incarnation != registration.incarnation:
+                raise
+            log.info("broker %d incarnation %d: an earlier renewal landed late; renewing on its ETag",
+                     registration.broker_id, registration.incarnation)
+            self._etag = etag
+            return await self.cluster.write_broker(registration, etag)
 
     async def leave(self) -> None:
         """Graceful shutdown: tell the controller to hand this broker's partitions over now."""
