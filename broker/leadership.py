@@ -65,8 +65,9 @@ class Leadership:
         self._wal_cache: dict[str, tuple[float, asyncio.Future[list[WalEntry]]]] = {}
         self._gaps_since: dict[tuple[str, int, int], float] = {}  # (topic id, partition, epoch) -> first seen
         self._slots = asyncio.Semaphore(MAX_PARALLEL_TAKEOVERS)
-        self.stats = {"takeovers": 0, "handovers": 0, "resignations": 0, "replayed_batches": 0, "uncommitted_segment_batches": 0,
-                      "replayed_bytes": 0, "wal_bytes_read": 0, "segment_bytes_copied": 0}
+        self.stats = {"takeovers": 0, "handovers": 0, "resignations": 0, "replayed_batches": 0,
+                      "replayed_bytes": 0, "wal_bytes_read": 0, "segment_bytes_copied": 0,
+                      "uncommitted_segment_batches": 0}
 
     @property
     def busy(self) -> bool:
