@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from broker import wal_entry
 from broker.controller import registration_wal
 from broker.partition_log import PartitionLog, TailBatch
-from broker.segment import CorruptSegmentError, iter_batches, open_segment
+from broker.segment import CorruptSegmentError, open_segment
 from metadata.cluster import Assignments
 from metadata.store import ConflictError, Manifest, TopicRecord
 from objectstore.base import NotFound
@@ -190,17 +190,15 @@ class Leadership:
                 key = broker.meta.segment_key(topic.topic_id, plog.partition, offset, epoch)
                 try:
                     _footer, _index, body = open_segment(await broker.store.get(key))
-                    batches = list(iter_batches(body))
+                    batches = [(bytes(body[pos:pos + header.size]), header)
+                               for pos, header in records.iter_batch_headers(body)]
                 except NotFound:
                     continue
-                except CorruptSegmentError as exc:
+                except (CorruptSegmentError, records.InvalidRecordError) as exc:
                     log.error("%s-%d: uncommitted segment %s is corrupt (%s); not replayed", topic.name,
                               plog.partition, key, exc)
                     continue
-                count = 0
-                for batch in batches:
-                    if _add_replayed(plog, batch, records.read_header(batch)):
-                        count += 1
+                count = sum(_add_replayed(plog, batch, header) for batch, header in batches)
                 log.warning("%s-%d: offsets %d..%d were in a segment the manifest did not list (%s); replayed "
                             "%d batches from it", topic.name, plog.partition, offset, plog.next_offset - 1, key, count)
                 self.stats["uncommitted_segment_batches"] += count

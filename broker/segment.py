@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -335,15 +335,3 @@ def open_segment(data: Any) -> tuple[SegmentFooter, SegmentIndex, memoryview]:
     body = view[: footer.body_length]
     verify_body(body, footer)
     return footer, index, body
-
-
-def iter_batches(body: Any) -> Iterator[bytes]:
-    """Each record batch of a verified segment body, as bytes."""
-    pos, n = 0, len(body)
-    while n - pos >= BATCH_HEADER_SIZE:
-        _base, length = _BATCH_PREFIX.unpack_from(body, pos)
-        size = length + LOG_OVERHEAD
-        if size < BATCH_HEADER_SIZE or size > n - pos:
-            raise CorruptSegmentError(f"batch at body position {pos} declares length {length}")
-        yield bytes(body[pos : pos + size])
-        pos += size
