@@ -126,24 +126,26 @@ async def put_segment(broker: FakeBroker, batches: list[bytes], epoch: int) -> S
     return SegmentRef(footer.base_offset, footer.last_offset, key, len(body), footer.max_timestamp)
 
 
-async def committed_up_to_2(broker: FakeBroker) -> None:
-    """The manifest lists the old leader's first segment (offsets 0..2), as after one successful flush."""
+async def flushed_twice_one_ref_kept() -> FakeBroker:
+    """The old leader wrote 0..8 to its WAL and flushed 0..2 and 3..5, so its WAL was trimmed up to 6; the
+    manifest lists only the first segment (offsets 0..2)."""
+    store = MemoryObjectStore()
+    await old_leaders_wal(store, [batch_at(0), batch_at(3), batch_at(6)])
+    pieces = sorted(info.key for info in await store.list(OLD_WAL["prefix"] + "/"))
+    for trimmed in pieces[:2]:
+        await store.delete(trimmed)
+    broker = await elected(store)
     ref = await put_segment(broker, [batch_at(0)], OLD_EPOCH)
     manifest, etag = await broker.meta.load_manifest(TOPIC.topic_id, 0)
     await broker.meta.commit_manifest(dataclasses.replace(manifest, segments=[ref]), etag)
+    return broker
 
 
 async def test_a_flushed_segment_missing_from_the_manifest_fills_the_gap() -> None:
     """Chaos run 2026-12-02 13:07: the old leader flushed offsets 66356..66383 into `66356-171.seg`, its
     manifest commit succeeded and it trimmed its WAL, but the next manifest lacked the ref.  The new
     leader's replay found the WAL starting after the gap."""
-    store = MemoryObjectStore()
-    await old_leaders_wal(store, [batch_at(0), batch_at(3), batch_at(6)])
-    pieces = sorted(info.key for info in await store.list(OLD_WAL["prefix"] + "/"))
-    for trimmed in pieces[:2]:  # 0..2 and 3..5 were flushed, so the WAL was trimmed up to 6
-        await store.delete(trimmed)
-    broker = await elected(store)
-    await committed_up_to_2(broker)
+    broker = await flushed_twice_one_ref_kept()
     await put_segment(broker, [batch_at(3)], OLD_EPOCH)  # written, its ref lost
     leadership = Leadership(broker)  # type: ignore[arg-type]
     await leadership.take_over(TOPIC, 0, NEW_EPOCH)  # type: ignore[arg-type]
@@ -152,13 +154,7 @@ async def test_a_flushed_segment_missing_from_the_manifest_fills_the_gap() -> No
 
 
 async def test_without_that_segment_the_gap_stays() -> None:
-    store = MemoryObjectStore()
-    await old_leaders_wal(store, [batch_at(0), batch_at(3), batch_at(6)])
-    pieces = sorted(info.key for info in await store.list(OLD_WAL["prefix"] + "/"))
-    for trimmed in pieces[:2]:
-        await store.delete(trimmed)
-    broker = await elected(store)
-    await committed_up_to_2(broker)
+    broker = await flushed_twice_one_ref_kept()
     await put_segment(broker, [batch_at(3)], OLD_EPOCH - 1)  # an older leader's leftover, not this epoch's
     with pytest.raises(ReplayGap):
         await Leadership(broker).take_over(TOPIC, 0, NEW_EPOCH)  # type: ignore[arg-type]
