@@ -483,6 +483,10 @@ class Broker:
                               plog.log_start_offset)
         done: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         assert self.wal is not None
+        # The position is known now (submit assigns them in call order), not only once the entry is durable:
+        # between the WAL's write and this batch's callback the flusher must still see it as unflushed, or
+        # it trims the WAL object holding it (a chaos run lost a new leader's first batch that way).
+        tail_batch.wal_position = self.wal.next_position
         durable = self.wal.submit([wal_header, batch])
         durable.add_done_callback(lambda f: self._on_durable(f, plog, tail_batch, result, done))
         return done

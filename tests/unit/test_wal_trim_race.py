@@ -1,0 +1,83 @@
+"""The WAL is never trimmed past a batch that is durable in the WAL but not yet marked so in its partition.
+
+Found by the chaos suite: a new leader's first batch was acknowledged, then missing from the next
+leader's replay, and in no segment.  The WAL resolves an entry's future and the broker's callback runs
+one event-loop step later; a flusher round that ran in between saw no WAL position for that batch, took
+the WAL's end as the trim point and deleted the object holding it.  Batches now carry their position
+from the moment they are submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from broker.config import Settings
+from broker.core import Broker
+from broker.flusher import Flusher
+from broker.partition_log import PartitionLog
+from broker.topic_configs import TopicConfig
+from metadata.store import Manifest, TopicRecord
+from objectstore.memory import MemoryObjectStore
+from protocol.records import build_batch
+from wal.base import Buffer
+from wal.object import ObjectWriteAheadLog
+from wal.reader import read_wal
+
+TOPIC = TopicRecord(name="audit", topic_id="ab" * 16, partitions=1)
+PREFIX = "wal/0/1"
+
+
+class LateCallbacks(ObjectWriteAheadLog):
+    """An object WAL whose callers learn of durability only when the test says so."""
+
+    def __init__(self, store: MemoryObjectStore) -> None:
+        super().__init__(store, PREFIX)
+        self.held: list[tuple[asyncio.Future[int], asyncio.Future[int]]] = []
+
+    def submit(self, parts: Sequence[Buffer]) -> asyncio.Future[int]:
+        outer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.held.append((super().submit(parts), outer))
+        return outer
+
+    def release(self) -> None:
+        for inner, outer in self.held:
+            outer.set_result(inner.result())
+
+
+async def leader_with_one_batch_in_the_window(tmp_path) -> tuple[Broker, LateCallbacks, PartitionLog]:  # type: ignore[no-untyped-def]
+    store = MemoryObjectStore()
+    wal = LateCallbacks(store)
+    await wal.open()
+    broker = Broker(Settings(data_dir=str(tmp_path)), store=store, wal=wal)
+    broker.membership.lease_valid = lambda: True  # type: ignore[method-assign]
+    broker.topic_configs[TOPIC.name] = TopicConfig.from_configs({}, broker.settings)
+    manifest = Manifest(topic_id=TOPIC.topic_id, partition=0, leader_epoch=3, leader=0, leader_incarnation=1)
+    etag = await broker.meta.commit_manifest(manifest, None)  # the pin is released against the stored one
+    plog = PartitionLog.from_manifest(TOPIC, 0, manifest, etag)
+    broker.serve_partition(plog)
+    broker.flusher = Flusher(broker)
+    acked = broker.append(plog, build_batch([(None, b"first record of this leader")]))
+    assert isinstance(acked, asyncio.Future)
+    inner, _outer = wal.held[0]
+    await inner  # durable in the WAL; the partition has not heard yet
+    return broker, wal, plog
+
+
+async def test_a_flusher_round_in_the_window_keeps_the_wal_object(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    broker, wal, plog = await leader_with_one_batch_in_the_window(tmp_path)
+    await broker.flusher._trim_wal()
+    entries = await read_wal({"engine": "object", "prefix": PREFIX}, broker.store)
+    assert [e.position for e in entries] == [0], "the only copy of a batch about to be acknowledged was trimmed"
+    wal.release()
+    await asyncio.sleep(0)
+    assert plog.high_watermark == 1
+
+
+async def test_a_resignation_in_the_window_pins_the_wal_for_the_next_leader(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    broker, _wal, plog = await leader_with_one_batch_in_the_window(tmp_path)
+    broker.leadership.resign(plog, "lease lapsed")
+    assert broker.wal_floors.floor() == 0
+    await broker.flusher._trim_wal()
+    entries = await read_wal({"engine": "object", "prefix": PREFIX}, broker.store)
+    assert [e.position for e in entries] == [0]
