@@ -140,8 +140,8 @@ class Flusher:
             log.warning("checking WAL pins failed (%s); keeping them", exc)
         if broker.wal is not wal:
             return  # a new incarnation started meanwhile; its WAL is trimmed by the next round
-        positions = [p for plog in broker.logs.values()
-                     if (p := plog.oldest_unflushed_wal_position()) is not None and p >= 0]
+        # A batch without a WAL position (-1) holds the trim back instead of being left out of it.
+        positions = [p for plog in broker.logs.values() if (p := plog.oldest_unflushed_wal_position()) is not None]
         floor = broker.wal_floors.floor()
         if floor is not None:
             positions.append(floor)  # entries a new leader may still have to replay

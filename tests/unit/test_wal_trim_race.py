@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 from broker.config import Settings
 from broker.core import Broker
@@ -26,6 +27,7 @@ from wal.reader import read_wal
 
 TOPIC = TopicRecord(name="audit", topic_id="ab" * 16, partitions=1)
 PREFIX = "wal/0/1"
+LOCATION = {"engine": "object", "prefix": PREFIX}
 
 
 class LateCallbacks(ObjectWriteAheadLog):
@@ -45,7 +47,7 @@ class LateCallbacks(ObjectWriteAheadLog):
             outer.set_result(inner.result())
 
 
-async def leader_with_one_batch_in_the_window(tmp_path) -> tuple[Broker, LateCallbacks, PartitionLog]:  # type: ignore[no-untyped-def]
+async def leader_with_one_batch_in_the_window(tmp_path: Path) -> tuple[Broker, LateCallbacks, PartitionLog]:
     store = MemoryObjectStore()
     wal = LateCallbacks(store)
     await wal.open()
@@ -64,20 +66,20 @@ async def leader_with_one_batch_in_the_window(tmp_path) -> tuple[Broker, LateCal
     return broker, wal, plog
 
 
-async def test_a_flusher_round_in_the_window_keeps_the_wal_object(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_flusher_round_in_the_window_keeps_the_wal_object(tmp_path: Path) -> None:
     broker, wal, plog = await leader_with_one_batch_in_the_window(tmp_path)
     await broker.flusher._trim_wal()
-    entries = await read_wal({"engine": "object", "prefix": PREFIX}, broker.store)
+    entries = await read_wal(LOCATION, broker.store)
     assert [e.position for e in entries] == [0], "the only copy of a batch about to be acknowledged was trimmed"
     wal.release()
     await asyncio.sleep(0)
     assert plog.high_watermark == 1
 
 
-async def test_a_resignation_in_the_window_pins_the_wal_for_the_next_leader(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_resignation_in_the_window_pins_the_wal_for_the_next_leader(tmp_path: Path) -> None:
     broker, _wal, plog = await leader_with_one_batch_in_the_window(tmp_path)
     broker.leadership.resign(plog, "lease lapsed")
     assert broker.wal_floors.floor() == 0
     await broker.flusher._trim_wal()
-    entries = await read_wal({"engine": "object", "prefix": PREFIX}, broker.store)
+    entries = await read_wal(LOCATION, broker.store)
     assert [e.position for e in entries] == [0]
