@@ -20,8 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wal.file as wal_file
+from objectstore.memory import MemoryObjectStore
 from wal import FileWriteAheadLog, WalEntry, WalError
 from wal.file import HEADER_SIZE, segment_name
+from wal.reader import read_wal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)  # a broken writer hangs its callers; fail fast instead
@@ -166,19 +168,19 @@ def _flip(path: Path, index: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("damage", "survivors"),
+    ("damage", "survivors", "warns"),
     [
-        ("truncate_payload", 9),
-        ("truncate_header", 9),
-        ("flip_payload", 9),
-        ("flip_position", 9),
-        ("flip_length", 9),
-        ("garbage", 10),
-        ("zeros", 10),
-        ("stale_entry", 10),
+        ("truncate_payload", 9, True),
+        ("truncate_header", 9, True),
+        ("flip_payload", 9, True),
+        ("flip_position", 9, True),
+        ("flip_length", 9, True),
+        ("garbage", 10, True),
+        ("zeros", 10, False),  # what preallocated space looks like: a clean end, not damage
+        ("stale_entry", 10, True),
     ],
 )
-async def test_torn_tail_is_truncated(tmp_path: Path, caplog, damage: str, survivors: int) -> None:
+async def test_torn_tail_is_truncated(tmp_path: Path, caplog, damage: str, survivors: int, warns: bool) -> None:
     log, _ = await reopen(tmp_path)
     payloads = [f"payload {i} ".encode() * 8 for i in range(10)]
     for p in payloads:
@@ -211,7 +213,7 @@ async def test_torn_tail_is_truncated(tmp_path: Path, caplog, damage: str, survi
     with caplog.at_level(logging.WARNING, logger="wal.file"):
         log, entries = await reopen(tmp_path)
     assert entries == [WalEntry(i, p) for i, p in enumerate(payloads[:survivors])]
-    assert any("dropping" in r.getMessage() for r in caplog.records)
+    assert any("dropping" in r.getMessage() for r in caplog.records) == warns
     assert log.next_position == survivors
     assert await log.append([b"new"]) == survivors
     await log.close()
@@ -351,7 +353,7 @@ def test_hypothesis_round_trip(entries: list[list], segment_bytes: int, concurre
 
 
 @pytest.mark.parametrize("inline_bytes", [0, 1 << 20], ids=["writer-thread", "inline"])
-@pytest.mark.parametrize("failing", ["fdatasync", "writev"])
+@pytest.mark.parametrize("failing", ["fdatasync", "pwritev"])
 async def test_write_or_sync_failure_is_fatal(tmp_path: Path, monkeypatch, failing: str, inline_bytes: int) -> None:
     log, _ = await reopen(tmp_path, inline_bytes=inline_bytes)
     assert await log.append([b"durable"]) == 0
@@ -377,18 +379,17 @@ async def test_write_or_sync_failure_is_fatal(tmp_path: Path, monkeypatch, faili
 
 
 async def test_partial_writes_and_iov_limit(tmp_path: Path, monkeypatch) -> None:
-    real_write = os.write
     calls = 0
 
-    def short_writev(fd: int, buffers) -> int:
+    def short_pwritev(fd: int, buffers, offset: int) -> int:
         nonlocal calls
         calls += 1
         assert len(buffers) <= 1024
         head = b"".join(bytes(b) for b in buffers[:3])
-        return real_write(fd, head[: max(1, len(head) * 2 // 3)])
+        return os.pwrite(fd, head[: max(1, len(head) * 2 // 3)], offset)
 
     log, _ = await reopen(tmp_path)
-    monkeypatch.setattr(wal_file.os, "writev", short_writev)
+    monkeypatch.setattr(wal_file.os, "pwritev", short_pwritev)
     many_parts = [bytes([i % 251, 7]) for i in range(3000)]
     results = await asyncio.gather(log.append([b"before"]), log.append(many_parts), log.append([b"after"]))
     assert results == [0, 1, 2]
@@ -448,3 +449,77 @@ async def test_misuse_is_rejected(tmp_path: Path) -> None:
         await log.append(b"not a list of parts")  # type: ignore[arg-type]
     assert log.next_position == 0
     await log.close()
+
+
+async def test_active_file_is_preallocated_and_cut_to_its_entries(tmp_path: Path) -> None:
+    log, _ = await reopen(tmp_path, segment_bytes=3 * wal_file.PREALLOCATE_BYTES)
+    payload = b"p" * 1000
+    for _ in range(5):
+        await log.append([payload])
+    path = tmp_path / segment_name(0)
+    entries_size = 5 * (HEADER_SIZE + len(payload))
+    # Grown ahead of the writes, so an fdatasync seldom has a file size to commit.
+    assert path.stat().st_size == wal_file.PREALLOCATE_BYTES
+    big = b"b" * (wal_file.PREALLOCATE_BYTES + 10)
+    await log.append([big])
+    entries_size += HEADER_SIZE + len(big)
+    assert path.stat().st_size == 2 * wal_file.PREALLOCATE_BYTES
+    await log.close()
+    assert path.stat().st_size == entries_size
+    _, entries = await reopen(tmp_path)
+    assert [e.payload for e in entries] == [payload] * 5 + [big]
+
+
+async def test_rolled_files_hold_only_their_entries(tmp_path: Path) -> None:
+    log, _ = await reopen(tmp_path, segment_bytes=4096)
+    for i in range(40):
+        await log.append([bytes([i]) * 500])
+    names = files_of(tmp_path)
+    assert len(names) > 3
+    for name in names[:-1]:  # while the log is still open: only the active file has spare room
+        data = (tmp_path / name).read_bytes()
+        _end, _next, problem = wal_file.scan_entries(data, int(name.removesuffix(".wal")), [])
+        assert problem is None, name
+    assert (tmp_path / names[-1]).stat().st_size == wal_file.PREALLOCATE_BYTES
+    await log.close()
+
+
+async def test_crash_with_preallocated_tail_recovers_cleanly(tmp_path: Path, caplog) -> None:
+    """A copy taken while the log is open is what a crash leaves: the active file ends in zeros."""
+    live, crashed = tmp_path / "live", tmp_path / "crashed"
+    log, _ = await reopen(live, segment_bytes=2048)
+    payloads = [f"entry {i} ".encode() * 20 for i in range(30)]
+    for p in payloads:
+        await log.append([p])
+    crashed.mkdir()
+    for name in files_of(live):
+        (crashed / name).write_bytes((live / name).read_bytes())
+    await log.close()
+    assert (crashed / files_of(crashed)[-1]).read_bytes().endswith(bytes(64))
+
+    # Another broker's takeover reads such a log without touching it...
+    read = await read_wal({"engine": "file", "path": str(crashed)}, MemoryObjectStore())
+    assert read == [WalEntry(i, p) for i, p in enumerate(payloads)]
+    # ...and recovery ends the log at the last entry without calling the zeros damage.
+    with caplog.at_level(logging.WARNING, logger="wal.file"):
+        log, entries = await reopen(crashed, segment_bytes=2048)
+    assert entries == [WalEntry(i, p) for i, p in enumerate(payloads)]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert await log.append([b"after"]) == 30
+    await log.close()
+    _, entries = await reopen(crashed, segment_bytes=2048)
+    assert entries[-1] == WalEntry(30, b"after") and len(entries) == 31
+
+
+async def test_filesystem_without_fallocate(tmp_path: Path, monkeypatch) -> None:
+    def refused(*args, **kwargs):
+        raise OSError(errno.EOPNOTSUPP, "fallocate not supported")
+
+    monkeypatch.setattr(wal_file.os, "posix_fallocate", refused)
+    log, _ = await reopen(tmp_path)
+    for i in range(3):
+        assert await log.append([b"x" * (i + 1)]) == i
+    assert (tmp_path / segment_name(0)).stat().st_size == sum(HEADER_SIZE + i + 1 for i in range(3))
+    await log.close()
+    _, entries = await reopen(tmp_path)
+    assert [e.payload for e in entries] == [b"x", b"xx", b"xxx"]
