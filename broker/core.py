@@ -499,16 +499,20 @@ class Broker:
             if not done.done():
                 done.set_result(AppendResult(ErrorCode.KAFKA_STORAGE_ERROR, message=str(exc)))
             return
+        # Fencing: expose and acknowledge only while this broker is certainly still the leader.  A write
+        # that lands after the lease lapsed (e.g. a PUT in flight across a SIGSTOP) may be missing from the
+        # next leader's replay, which can already serve its offset to another batch: consumers here must
+        # not read it (a chaos run saw one offset with two values), so the high watermark stays put; the
+        # lapse is final and the partition is resigned next.  The answer must say "possibly written" (a
+        # timeout: the client retries the same batch, which is deduplicated), never NOT_LEADER, which
+        # tells an idempotent client the batch was not written and lets it renumber.
+        if plog.resigned or not self.membership.lease_valid():
+            if not done.done():
+                done.set_result(AppendResult(ErrorCode.REQUEST_TIMED_OUT, message="leadership lost after the write"))
+            return
         plog.mark_durable(batch, future.result())
         if not done.done():
-            # Fencing: acknowledge only while this broker is certainly still the leader.  The batch is in
-            # the WAL and a new leader may replay it, so the answer must say "possibly written"
-            # (a timeout: the client retries the same batch, which is deduplicated), never NOT_LEADER,
-            # which tells an idempotent client the batch was not written and lets it renumber.
-            if plog.resigned or not self.membership.lease_valid():
-                done.set_result(AppendResult(ErrorCode.REQUEST_TIMED_OUT, message="leadership lost after the write"))
-            else:
-                done.set_result(result)
+            done.set_result(result)
 
     def _duplicate(self, plog: PartitionLog, original: tuple[int, int]) -> AppendResult | asyncio.Future[AppendResult]:
         base, last = original

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from broker.config import Settings
-from broker.core import Broker
+from broker.core import AppendResult, Broker
 from broker.flusher import Flusher
 from broker.partition_log import PartitionLog
 from broker.topic_configs import TopicConfig
 from metadata.store import Manifest, TopicRecord
 from objectstore.memory import MemoryObjectStore
+from protocol.errors import ErrorCode
 from protocol.records import build_batch
 from wal.base import Buffer
 from wal.object import ObjectWriteAheadLog
@@ -36,6 +37,7 @@ class LateCallbacks(ObjectWriteAheadLog):
     def __init__(self, store: MemoryObjectStore) -> None:
         super().__init__(store, PREFIX)
         self.held: list[tuple[asyncio.Future[int], asyncio.Future[int]]] = []
+        self.first_reply: asyncio.Future[AppendResult] | None = None
 
     def submit(self, parts: Sequence[Buffer]) -> asyncio.Future[int]:
         outer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -61,6 +63,7 @@ async def leader_with_one_batch_in_the_window(tmp_path: Path) -> tuple[Broker, L
     broker.flusher = Flusher(broker)
     acked = broker.append(plog, build_batch([(None, b"first record of this leader")]))
     assert isinstance(acked, asyncio.Future)
+    wal.first_reply = acked
     inner, _outer = wal.held[0]
     await inner  # durable in the WAL; the partition has not heard yet
     return broker, wal, plog
@@ -83,3 +86,25 @@ async def test_a_resignation_in_the_window_pins_the_wal_for_the_next_leader(tmp_
     await broker.flusher._trim_wal()
     entries = await read_wal(LOCATION, broker.store)
     assert [e.position for e in entries] == [0]
+
+
+async def test_a_write_that_lands_after_the_lease_lapsed_is_not_readable(tmp_path: Path) -> None:
+    """A PUT in flight across a SIGSTOP lands after the lease lapsed; the next leader's replay may have missed
+    it and given its offset to another batch (chaos run, 2026-12-03: consumers read a value at offset 25111
+    that the final log holds another value at).  The old leader must neither acknowledge nor serve it."""
+    broker, wal, plog = await leader_with_one_batch_in_the_window(tmp_path)
+    reply = plog.pending[0]
+    fetch_woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    plog.waiters.append(fetch_woken)
+    broker.membership.lease_valid = lambda: False  # type: ignore[method-assign]
+    acked = broker.append(plog, build_batch([(None, b"refused: no lease")]))
+    assert not isinstance(acked, asyncio.Future) and acked.error != 0
+    wal.release()
+    await asyncio.sleep(0)
+    assert wal.first_reply is not None and wal.first_reply.done()
+    assert wal.first_reply.result().error == ErrorCode.REQUEST_TIMED_OUT  # "possibly written": retried, deduplicated
+    assert plog.high_watermark == 0
+    assert plog.read_tail(0, 1 << 20) == []
+    assert not fetch_woken.done()
+    assert reply.wal_position == 0  # still pinned as unflushed WAL data for whoever replays it
+    assert plog.unflushed_batches() == []  # and never flushed into a segment by this broker
