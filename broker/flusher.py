@@ -1,7 +1,9 @@
 """Moves durable data from the WAL into segment objects and lets the WAL trim behind it.
 
 For each partition, once its unflushed bytes reach ``segment_bytes`` or its
-oldest unflushed batch is older than ``flush_interval_ms``, the flusher writes
+oldest unflushed batch is older than its share of ``flush_interval_ms`` (a
+fixed share between half and all of it, so that partitions do not all come
+due in the same tick), the flusher writes
 one segment object (batches + index + footer), then commits the partition
 manifest with a conditional write, and only then marks the data flushed.  The
 WAL is trimmed to the oldest batch that is still only in the WAL.
@@ -14,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import zlib
 from typing import TYPE_CHECKING
 
 from broker.partition_log import PartitionLog, TailBatch
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("keel.flusher")
 TICK_SECONDS = 0.1
 RETRY_SECONDS = 1.0
+STAGGER_FROM = 0.5  # the earliest share of flush_interval_ms at which a partition is flushed by age
 
 
 class Flusher:
@@ -73,14 +77,15 @@ class Flusher:
         pressure = broker.unflushed_bytes > settings.max_unflushed_bytes // 2
         for plog in list(broker.logs.values()):
             oldest = plog.oldest_unflushed_time()
+            max_age_ms = settings.flush_interval_ms * _age_share(plog)
             if oldest is None or not (force or pressure or plog.unflushed_bytes >= settings.segment_bytes
-                                      or (now - oldest) * 1000 >= settings.flush_interval_ms):
+                                      or (now - oldest) * 1000 >= max_age_ms):
                 continue  # nothing due: skip listing the batches (this runs every tick)
             batches = plog.unflushed_batches()
             while batches:
                 size = sum(len(b.data) for b in batches)
                 age_ms = (now - batches[0].appended_at) * 1000
-                if not (force or pressure or size >= settings.segment_bytes or age_ms >= settings.flush_interval_ms):
+                if not (force or pressure or size >= settings.segment_bytes or age_ms >= max_age_ms):
                     break
                 taken = _take(batches, settings.segment_bytes)
                 try:
@@ -146,6 +151,14 @@ class Flusher:
         if floor is not None:
             positions.append(floor)  # entries a new leader may still have to replay
         await wal.trim(min(positions, default=wal.next_position))
+
+
+def _age_share(plog: PartitionLog) -> float:
+    """The part of ``flush_interval_ms`` after which this partition's data is flushed: a fixed value in
+    [STAGGER_FROM, 1] per partition.  Partitions written together would otherwise all come due in the same
+    tick, and that burst of segment writes held up every produce request behind it (docs/performance.md)."""
+    spread = zlib.crc32(b"%s/%d" % (plog.topic.topic_id.encode(), plog.partition)) / 0xFFFF_FFFF
+    return STAGGER_FROM + (1 - STAGGER_FROM) * spread
 
 
 def _segment_body(batches: list[bytearray | bytes]) -> tuple[bytes, SegmentFooter]:
