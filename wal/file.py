@@ -15,14 +15,15 @@ after, so only the last file can have a torn tail after a crash.
 The active file is grown ahead of the writes, ``PREALLOCATE_BYTES`` at a time
 (``posix_fallocate``), and entries are written into that space at their offset.
 Most fdatasyncs then change no file size, so they need no filesystem journal
-commit: they are shorter, and they do not queue behind the fsyncs of the
-object store on the same disk (measured in docs/performance.md).  The unused
-space reads as zeros; a file is cut to its last entry when the log rolls to
-the next file and when it is closed, so only the active file has such a tail.
+commit and take less time and CPU (measured in docs/performance.md).  The
+unused space reads as zeros; a file is cut to its last entry when the log
+rolls to the next file and when it is closed, so only the active file has such
+a tail.
 
 Recovery (``open``) validates every entry.  The first bad or truncated entry
 ends the log: its file is truncated there (with a warning, unless all that
-follows is zeros: preallocated space) and appends continue from that point.  Files after that point cannot result from a crash; they mean
+follows is zeros: preallocated space) and appends continue from that point.
+Files after that point cannot result from a crash; they mean
 real corruption, so they are logged as errors and renamed to
 ``<name>.wal.corrupt`` (kept for inspection, never replayed again) rather than
 deleted.
