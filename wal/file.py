@@ -370,15 +370,17 @@ class FileWriteAheadLog(WriteAheadLog):
             try:
                 os.posix_fallocate(self._fd, self._allocated, size - self._allocated)
             except OSError as exc:
-                log.info("WAL %s: no preallocation (%s); the files grow with each write", self._dir, exc)
+                # A failed call may still have grown the file (zeros after the entries): cut on roll and close.
+                log.warning("WAL %s: no preallocation (%s); the files grow with each write", self._dir, exc)
                 self._preallocate = False
             else:
                 self._allocated = size
         return _pwritev_all(self._fd, bufs, lens, offset) if bufs else 0
 
     def _cut_to_entries(self) -> None:
-        """Drop the active file's preallocated space after its last entry."""
-        if self._allocated > self._active_size:
+        """Drop the active file's preallocated space after its last entry.  The file's own size decides,
+        not ``_allocated``: a preallocation that failed half-way may have grown it all the same."""
+        if os.fstat(self._fd).st_size > self._active_size:
             os.ftruncate(self._fd, self._active_size)
         self._allocated = self._active_size
 

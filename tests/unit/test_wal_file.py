@@ -177,6 +177,7 @@ def _flip(path: Path, index: int) -> None:
         ("flip_length", 9, True),
         ("garbage", 10, True),
         ("zeros", 10, False),  # what preallocated space looks like: a clean end, not damage
+        ("zeros_then_garbage", 10, True),
         ("stale_entry", 10, True),
     ],
 )
@@ -205,6 +206,9 @@ async def test_torn_tail_is_truncated(tmp_path: Path, caplog, damage: str, survi
     elif damage == "zeros":
         with open(path, "ab") as f:
             f.write(bytes(4096))
+    elif damage == "zeros_then_garbage":
+        with open(path, "ab") as f:
+            f.write(bytes(4096) + b"\x01")
     elif damage == "stale_entry":  # a valid entry whose position does not follow
         data = path.read_bytes()
         with open(path, "ab") as f:
@@ -523,3 +527,26 @@ async def test_filesystem_without_fallocate(tmp_path: Path, monkeypatch) -> None
     await log.close()
     _, entries = await reopen(tmp_path)
     assert [e.payload for e in entries] == [b"x", b"xx", b"xxx"]
+
+
+async def test_a_preallocation_that_fails_half_way_leaves_no_zeros_in_rolled_files(tmp_path: Path, monkeypatch) -> None:
+    """ENOSPC part-way through fallocate can leave the file longer than what was asked for before."""
+    real = os.posix_fallocate
+
+    def half_then_full(fd: int, offset: int, length: int) -> None:
+        real(fd, offset, length // 2)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(wal_file.os, "posix_fallocate", half_then_full)
+    log, _ = await reopen(tmp_path, segment_bytes=4096)
+    for i in range(20):
+        await log.append([bytes([i]) * 500])
+    names = files_of(tmp_path)
+    assert len(names) > 2
+    for name in names[:-1]:
+        data = (tmp_path / name).read_bytes()
+        _end, _next, problem = wal_file.scan_entries(data, int(name.removesuffix(".wal")), [])
+        assert problem is None, (name, problem)
+    await log.close()
+    read = await read_wal({"engine": "file", "path": str(tmp_path)}, MemoryObjectStore())
+    assert [e.payload for e in read] == [bytes([i]) * 500 for i in range(20)]
