@@ -77,9 +77,11 @@ class Flusher:
         pressure = broker.unflushed_bytes > settings.max_unflushed_bytes // 2
         for plog in list(broker.logs.values()):
             oldest = plog.oldest_unflushed_time()
+            if oldest is None:
+                continue
             max_age_ms = settings.flush_interval_ms * _age_share(plog)
-            if oldest is None or not (force or pressure or plog.unflushed_bytes >= settings.segment_bytes
-                                      or (now - oldest) * 1000 >= max_age_ms):
+            if not (force or pressure or plog.unflushed_bytes >= settings.segment_bytes
+                    or (now - oldest) * 1000 >= max_age_ms):
                 continue  # nothing due: skip listing the batches (this runs every tick)
             batches = plog.unflushed_batches()
             while batches:
