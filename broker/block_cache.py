@@ -14,7 +14,13 @@ size, so read-ahead waits until half the window is missing and then fills it
 with few large GETs rather than one block at a time.  The window shrinks
 when several readers stream at once so that what is read ahead for all of
 them fits in half of the cache, and the cache never holds more than
-``capacity_bytes`` (each block is its own buffer, so evicting it frees it).
+``capacity_bytes``.
+
+The blocks of one GET stay views of the buffer that GET returned, not copies:
+a cold read then touches each byte once in Python (when the HTTP body is
+joined), and a read spanning several blocks of one GET is a single slice.
+Such blocks share one allocation, so they are charged and evicted together:
+evicting any of them frees the whole buffer.
 """
 
 from __future__ import annotations
@@ -32,6 +38,21 @@ STREAM_IDLE_SECONDS = 1.0  # a sequential reader counts as active this long afte
 MAX_TRACKED_KEYS = 10_000
 
 
+class _Extent:
+    """The bytes one GET returned (``data`` holds object bytes from position ``start``), cut into the
+    cached blocks ``first``..``last``; ``live`` of them are still in the cache."""
+
+    __slots__ = ("key", "data", "start", "first", "last", "live")
+
+    def __init__(self, key: str, data: bytes, start: int, first: int, last: int) -> None:
+        self.key, self.data, self.start, self.first, self.last = key, data, start, first, last
+        self.live = 0
+
+    def view(self, start: int, end: int) -> memoryview:
+        """Object bytes [start, end), which must lie in this extent's blocks."""
+        return memoryview(self.data)[start - self.start: end - self.start]
+
+
 class BlockCache:
     def __init__(self, store: ObjectStore, *, capacity_bytes: int, block_size: int = 1024 * 1024,
                  read_ahead: int = 2, max_get_blocks: int = 8) -> None:
@@ -40,8 +61,8 @@ class BlockCache:
         self.block_size = block_size
         self.read_ahead = read_ahead
         self.max_get_blocks = max(1, max_get_blocks)
-        self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._loading: dict[tuple[str, int], asyncio.Future[bytes]] = {}
+        self._blocks: OrderedDict[tuple[str, int], _Extent] = OrderedDict()
+        self._loading: dict[tuple[str, int], asyncio.Future[_Extent]] = {}
         self._last_block: dict[str, int] = {}  # key -> last block read, for spotting sequential readers
         # key -> (time of its last sequential read, whether that read reached the object's last block)
         self._streams: dict[str, tuple[float, bool]] = {}
@@ -73,18 +94,17 @@ class BlockCache:
         wanted = self._claim(key, first, last, object_size)  # the GETs this read needs go out first
         if sequential:
             self._maybe_read_ahead(key, first, last, object_size)
-        blocks = [w if isinstance(w, bytes) else await asyncio.shield(w) for w in wanted]
-        if len(blocks) == 1:
-            return memoryview(blocks[0])[start - first * bs: end - first * bs]
-        parts = [memoryview(b) for b in blocks]
-        parts[-1] = parts[-1][: end - last * bs]
-        parts[0] = parts[0][start - first * bs:]
-        return b"".join(parts)
+        extents = [w if isinstance(w, _Extent) else await asyncio.shield(w) for w in wanted]
+        head = extents[0]
+        if all(extent is head for extent in extents):  # one GET's buffer holds the whole range
+            return head.view(start, end)
+        return b"".join(extent.view(max(start, n * bs), min(end, (n + 1) * bs))
+                        for n, extent in enumerate(extents, first))
 
-    def _claim(self, key: str, first: int, last: int, object_size: int) -> list[asyncio.Future[bytes] | bytes]:
+    def _claim(self, key: str, first: int, last: int, object_size: int) -> list[asyncio.Future[_Extent] | _Extent]:
         """Blocks first..last: cached ones, or futures of GETs in flight (started here, one per run of
         missing blocks, when no other reader's GET is bringing them)."""
-        waits: list[asyncio.Future[bytes] | bytes] = []
+        waits: list[asyncio.Future[_Extent] | _Extent] = []
         run_start = -1
         for n in range(first, last + 2):
             cache_key = (key, n)
@@ -100,11 +120,11 @@ class BlockCache:
                 run_start = -1
             if n > last:
                 break
-            block = self._blocks.get(cache_key)
-            if block is not None:
+            extent = self._blocks.get(cache_key)
+            if extent is not None:
                 self._blocks.move_to_end(cache_key)
                 self.stats["hits"] += 1
-                waits.append(block)
+                waits.append(extent)
             else:
                 self.stats["hits"] += 1  # another reader's GET is bringing it
                 waits.append(self._loading[cache_key])
@@ -115,14 +135,14 @@ class BlockCache:
         loop = asyncio.get_running_loop()
         futures = []
         for n in range(first, last + 1):
-            future: asyncio.Future[bytes] = loop.create_future()
+            future: asyncio.Future[_Extent] = loop.create_future()
             self._loading[(key, n)] = future
             futures.append(future)
         task = loop.create_task(self._load(key, first, futures, object_size, prefetch))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _load(self, key: str, first: int, futures: list[asyncio.Future[bytes]], object_size: int,
+    async def _load(self, key: str, first: int, futures: list[asyncio.Future[_Extent]], object_size: int,
                     prefetch: bool) -> None:
         bs = self.block_size
         start = first * bs
@@ -143,37 +163,54 @@ class BlockCache:
         self.stats["bytes_fetched"] += len(data)
         if prefetch:
             self.stats["prefetched"] += len(futures)
-        for i, future in enumerate(futures):
-            # A slice is a copy, so each cached block is a buffer of its own that eviction frees.
-            block = data if len(futures) == 1 else data[i * bs: (i + 1) * bs]
-            self._loading.pop((key, first + i), None)
-            self._insert((key, first + i), block)
+        extent = _Extent(key, data, start, first, first + len(futures) - 1)
+        for n in range(first, first + len(futures)):
+            self._loading.pop((key, n), None)
+        self._insert(extent)
+        for future in futures:
             if not future.done():
-                future.set_result(block)
+                future.set_result(extent)
 
     def offer(self, key: str, start: int, data: bytes, object_size: int) -> None:
         """Caches the whole blocks inside ``data`` (bytes [start, ...) of ``key``) that some other GET
         brought anyway."""
         bs = self.block_size
         first = (start + bs - 1) // bs
+        last = first - 1
         for n in range(first, self.blocks_of(object_size)):
-            begin, end = n * bs - start, min((n + 1) * bs, object_size) - start
-            if end > len(data):
+            if min((n + 1) * bs, object_size) - start > len(data):
                 break
-            if (key, n) not in self._blocks and (key, n) not in self._loading:
-                self._insert((key, n), data[begin:end])
+            if (key, n) in self._blocks or (key, n) in self._loading:
+                break  # blocks of an extent are adjacent: stop at the first one held already
+            last = n
+        if last >= first:
+            self._insert(_Extent(key, data, start, first, last))
 
-    def _insert(self, cache_key: tuple[str, int], block: bytes) -> None:
-        if len(block) > self.capacity:
+    def _insert(self, extent: _Extent) -> None:
+        if len(extent.data) > self.capacity:
             return
-        old = self._blocks.pop(cache_key, None)
-        if old is not None:
-            self._size -= len(old)
-        self._blocks[cache_key] = block
-        self._size += len(block)
+        for n in range(extent.first, extent.last + 1):
+            old = self._blocks.pop((extent.key, n), None)
+            if old is not None:
+                self._unref(old)
+            self._blocks[(extent.key, n)] = extent
+        extent.live = extent.last - extent.first + 1
+        self._size += len(extent.data)
         while self._size > self.capacity:
-            _, evicted = self._blocks.popitem(last=False)
-            self._size -= len(evicted)
+            self._drop(next(iter(self._blocks.values())))  # the least recently used block, with its extent
+
+    def _unref(self, extent: _Extent) -> None:
+        extent.live -= 1
+        if extent.live == 0:
+            self._size -= len(extent.data)
+
+    def _drop(self, extent: _Extent) -> None:
+        """Evicts every block still cached from ``extent``: they share its buffer, so only all together
+        free it."""
+        for n in range(extent.first, extent.last + 1):
+            if self._blocks.get((extent.key, n)) is extent:
+                del self._blocks[(extent.key, n)]
+                self._unref(extent)
 
     # Read-ahead -------------------------------------------------------------------
 
@@ -253,7 +290,7 @@ class BlockCache:
             i = j
 
     def forget(self, key: str) -> None:
-        for cache_key in [k for k in self._blocks if k[0] == key]:
-            self._size -= len(self._blocks.pop(cache_key))
+        for extent in {id(e): e for k, e in self._blocks.items() if k[0] == key}.values():
+            self._drop(extent)
         self._last_block.pop(key, None)
         self._streams.pop(key, None)

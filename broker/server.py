@@ -152,7 +152,10 @@ class KafkaServer:
                 if writer.is_closing():
                     return  # the client went away while its request was handled
                 try:
-                    writer.write(response)
+                    if isinstance(response, list):  # pieces, record data among them by reference
+                        writer.writelines(response)
+                    else:
+                        writer.write(response)
                     await writer.drain()
                 except (ConnectionError, RuntimeError):  # uvloop: RuntimeError on a transport closed meanwhile
                     return

@@ -55,17 +55,25 @@ def peek_api(frame: Any) -> tuple[int, int, int]:
     return _HEADER_FIXED.unpack_from(frame, 0)
 
 
-def start_response(correlation_id: int, flexible_header: bool) -> bytearray:
+def start_response(correlation_id: int, flexible_header: bool) -> p.SpliceBuffer:
     """A response buffer holding the size placeholder and the header; the body is appended to it."""
-    out = bytearray(_RESPONSE_PREFIX.pack(0, correlation_id))
+    out = p.SpliceBuffer(_RESPONSE_PREFIX.pack(0, correlation_id))
     if flexible_header:
         out.append(0)  # no tagged fields
     return out
 
 
-def finish_response(out: bytearray) -> bytearray:
-    SIZE.pack_into(out, 0, len(out) - 4)
-    return out
+def finish_response(out: bytearray) -> bytearray | list[bytes | bytearray | memoryview]:
+    """The response with its size filled in: one buffer, or, when large record data was spliced in
+    rather than copied, the list of pieces to write back to back."""
+    if not isinstance(out, p.SpliceBuffer) or not out.parts:
+        SIZE.pack_into(out, 0, len(out) - 4)
+        return out
+    pieces = out.pieces()
+    first = bytearray(pieces[0])
+    SIZE.pack_into(first, 0, out.total_size() - 4)
+    pieces[0] = first
+    return pieces
 
 
 def encode_request(header: RequestHeader, flexible: bool, body: bytes | bytearray) -> bytes:

@@ -171,12 +171,42 @@ def _bytes_length(value: Any) -> int:
     return len(value)
 
 
+SPLICE_MIN = 64 * 1024  # chunks this large are sent from where they lie, not copied into the response
+
+
+class SpliceBuffer(bytearray):
+    """An output buffer that takes large chunks (fetched record data) by reference instead of copying them.
+
+    What has been written is ``parts`` (sealed pieces, in order) followed by the bytearray itself;
+    ``pieces()`` gives them all, ready for a gathering socket write.  Written through anything but
+    ``write_bytes`` / ``write_compact_bytes`` it is a plain bytearray."""
+
+    def __init__(self, initial: bytes | bytearray = b"") -> None:
+        super().__init__(initial)
+        self.parts: list[bytes | bytearray | memoryview] = []
+        self.parts_size = 0
+
+    def splice(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self:
+            self.parts.append(bytes(self))
+            self.parts_size += len(self)
+            del self[:]
+        self.parts.append(chunk)
+        self.parts_size += len(chunk)
+
+    def total_size(self) -> int:
+        return self.parts_size + len(self)
+
+    def pieces(self) -> list[bytes | bytearray | memoryview]:
+        return [*self.parts, bytes(self)] if self else list(self.parts)
+
+
 def _write_body(out: bytearray, value: Any) -> None:
-    if isinstance(value, list | tuple):
-        for part in value:
+    for part in value if isinstance(value, list | tuple) else (value,):
+        if len(part) >= SPLICE_MIN and type(out) is SpliceBuffer:
+            out.splice(part)
+        else:
             out += part
-    else:
-        out += value
 
 
 def write_bytes(out: bytearray, value: Any) -> None:

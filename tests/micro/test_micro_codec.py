@@ -67,15 +67,18 @@ def decode_request(frame: memoryview) -> tuple[RequestHeader, dict[str, Any], in
     return header, body, end
 
 
-def encode_response(api_key: int, version: int, correlation_id: int, body: dict[str, Any]) -> bytearray:
+def encode_response(api_key: int, version: int, correlation_id: int,
+                    body: dict[str, Any]) -> bytearray | list[bytes | bytearray | memoryview]:
     """What the server does with a handler's response: the framed bytes to send."""
     out = start_response(correlation_id, is_flexible(api_key, version) and api_key != API_VERSIONS_KEY)
     response_codec(api_key, version).write(out, body)
     return finish_response(out)
 
 
-def parse_response(api_key: int, version: int, wire: bytes | bytearray) -> dict[str, Any]:
+def parse_response(api_key: int, version: int, wire: bytes | bytearray | list[Any]) -> dict[str, Any]:
     """Check the size prefix and correlation id of a framed response; decode its body."""
+    if isinstance(wire, list):  # pieces, large record data spliced in by reference
+        wire = b"".join(wire)
     (size,) = SIZE.unpack_from(wire, 0)
     assert size == len(wire) - 4
     assert int.from_bytes(wire[4:8], "big") == CORRELATION_ID

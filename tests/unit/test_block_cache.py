@@ -173,3 +173,28 @@ def test_read_ahead_never_breaks_the_memory_bound(starts: list[int], read_ahead:
         await _idle(cache)
         assert cache.size <= 3500
     asyncio.run(run())
+
+
+async def test_a_read_within_one_gets_blocks_is_a_view_of_that_get_not_a_copy() -> None:
+    cache, store = await _counting(capacity=100_000)
+    first = await cache.read("seg", 0, 4000, len(DATA))  # one GET brings blocks 0-3
+    assert bytes(first) == DATA[:4000] and len(store.ranges) == 1
+    spanning = await cache.read("seg", 1500, 3500, len(DATA))  # blocks 1-3, cached from that GET
+    assert isinstance(spanning, memoryview) and bytes(spanning) == DATA[1500:3500]
+    assert isinstance(first, memoryview) and spanning.obj is first.obj  # the same buffer
+    assert len(store.ranges) == 1
+    across = await cache.read("seg", 3500, 4500, len(DATA))  # block 4 comes from a second GET
+    assert bytes(across) == DATA[3500:4500] and len(store.ranges) == 2
+
+
+async def test_the_blocks_of_one_get_are_evicted_together_and_the_bound_holds() -> None:
+    cache, store = await _counting(capacity=5000)
+    await cache.read("seg", 0, 4000, len(DATA))  # one GET, 4 blocks: 4000 bytes charged
+    assert cache.size == 4000
+    await cache.read("seg", 0, 100, len(DATA))  # block 0 is now the most recently used
+    await cache.read("seg", 6000, 8000, len(DATA))  # 2000 more: over the bound, the oldest block goes
+    # The least recently used block (1) shares its buffer with 0, 2 and 3: all four go, or nothing is freed.
+    assert cache.size == 2000
+    gets = len(store.ranges)
+    assert bytes(await cache.read("seg", 0, 100, len(DATA))) == DATA[:100]
+    assert len(store.ranges) == gets + 1
