@@ -509,28 +509,23 @@ class S3ObjectStore(ObjectStore):
         return ObjectInfo(key, self._size(key, int(reply.headers["Content-Length"])), _unquote(reply.headers["ETag"]))
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
-        client = await self._c()
+        direct = await self._d()
         found: list[ObjectInfo] = []
-        kwargs: dict[str, Any] = {
-            "Bucket": self.bucket, "Prefix": self._root + prefix, "MaxKeys": self.list_page_size,
-        }  # fmt: skip
+        token: str | None = None
         while True:
             try:
-                page = await self._retrying(
-                    f"list {prefix!r}", lambda kw=dict(kwargs): client.list_objects_v2(**kw)
-                )
+                page, token = await self._retrying(
+                    f"list {prefix!r}",
+                    lambda t=token: direct.list_page(self._root + prefix, self.list_page_size, t))
             except boto_exc.ClientError as exc:
                 raise self._fatal(exc, f"list {prefix!r}") from None
-            for item in page.get("Contents", ()):
-                key = item["Key"][len(self._root) :]
+            for item in page:
                 # A PUT torn by a crash can leave an object shorter than the stamp: list it as empty,
                 # and let a read of it report the damage.
-                size = max(0, item["Size"] - self._stamp_size)
-                found.append(ObjectInfo(key, size, _unquote(item["ETag"])))
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
+                found.append(ObjectInfo(item.key[len(self._root):], max(0, item.size - self._stamp_size),
+                                        _unquote(item.etag)))
+            if token is None:
                 break
-            kwargs["ContinuationToken"] = token
         found.sort(key=lambda info: info.key)
         return found
 

@@ -1,12 +1,13 @@
 """Signed S3 requests without botocore's request pipeline, for the small, frequent ones.
 
 Every object-WAL write, manifest CAS, lease renewal and segment read is one PUT, GET or
-HEAD.  Through an aiobotocore client each costs about 3 ms of CPU (parameter validation,
+HEAD, and every cluster round lists the broker registrations.  Through an aiobotocore client each costs about 3 ms of CPU (parameter validation,
 serialisation, the event hooks, response parsing), which on a 2-core machine is what
 bounds the object-WAL's produce latency; botocore's SigV4 signer on an aiohttp request
-costs about 1 ms (docs/performance.md).  So these three verbs go out here: botocore
-still signs them (``S3SigV4Auth``) and supplies the credentials, aiohttp carries them.
-Listing, batch delete, multipart upload and bucket creation stay on aiobotocore.
+costs about 1 ms (docs/performance.md).  So these three verbs and ListObjectsV2 go out
+here: botocore still signs them (``S3SigV4Auth``) and supplies the credentials, aiohttp
+carries them, and the standard library parses a listing's XML.  Batch delete, multipart
+upload and bucket creation stay on aiobotocore.
 
 An error answer is raised as botocore's ``ClientError`` with the S3 error code and HTTP
 status, so the engine maps and retries it exactly as it does botocore's own.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import inspect
 import re
 import urllib.parse
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,16 @@ from yarl import URL
 
 _ERROR_CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _ERROR_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
+
+
+_S3_XML = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+@dataclass(slots=True)
+class ListedObject:
+    key: str
+    size: int
+    etag: str
 
 
 @dataclass(slots=True)
@@ -74,10 +86,30 @@ class DirectS3:
         S3SigV4Auth(frozen, "s3", self._region).add_auth(request)
         return dict(request.headers.items())
 
+    async def list_page(self, prefix: str, max_keys: int,
+                        token: str | None = None) -> tuple[list[ListedObject], str | None]:
+        """One ListObjectsV2 page of keys under ``prefix``: (objects, the token of the next page or None)."""
+        params = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys), "encoding-type": "url"}
+        if token is not None:
+            params["continuation-token"] = token
+        # SigV4 signs the query with its names and values sorted and encoded exactly like this.
+        query = "&".join(f"{_quote_param(k)}={_quote_param(v)}" for k, v in sorted(params.items()))
+        reply = await self.send("ListObjectsV2", "GET", "", query=query)
+        try:
+            root = ET.fromstring(reply.body)
+            objects = [ListedObject(urllib.parse.unquote_plus(_text(item, "Key")), int(_text(item, "Size")),
+                                    _text(item, "ETag"))
+                       for item in root.iterfind(f"{_S3_XML}Contents")]
+            truncated = _text(root, "IsTruncated").lower() == "true"
+        except (ET.ParseError, ValueError) as exc:  # cut short on the way, most likely: worth another try
+            raise aiohttp.ClientPayloadError(f"malformed ListObjectsV2 answer: {exc}") from None
+        next_token = root.findtext(f"{_S3_XML}NextContinuationToken")
+        return objects, next_token if truncated and next_token else None
+
     async def send(self, operation: str, method: str, key: str, *, body: bytes = b"",
-                   headers: dict[str, str] | None = None) -> Reply:
+                   headers: dict[str, str] | None = None, query: str = "") -> Reply:
         """One attempt; a non-2xx answer raises ClientError (``operation`` names it, as botocore would)."""
-        url = self._base + _quote(key)
+        url = self._base + _quote(key) + (f"?{query}" if query else "")
         signed = await self._signed_headers(method, url, body, headers or {})
         async with self._session.request(method, URL(url, encoded=True), data=body or None,
                                          headers=signed, allow_redirects=False) as resp:
@@ -89,6 +121,17 @@ class DirectS3:
 
 def _quote(key: str) -> str:
     return urllib.parse.quote(key, safe="/~")
+
+
+def _quote_param(value: str) -> str:
+    return urllib.parse.quote(value, safe="-_.~")
+
+
+def _text(element: ET.Element, name: str) -> str:
+    found = element.findtext(f"{_S3_XML}{name}")
+    if found is None:
+        raise ET.ParseError(f"S3 listing: no <{name}>")
+    return found
 
 
 def _client_error(operation: str, status: int, body: bytes) -> boto_exc.ClientError:

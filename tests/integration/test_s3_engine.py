@@ -421,6 +421,15 @@ async def test_list_pages_through_results(proxy: FaultProxy, s3_server: SeaweedF
         assert proxy.count("GET", "list-type=2") == 4
 
 
+async def test_list_returns_keys_with_characters_that_need_escaping(shared: S3ObjectStore) -> None:
+    keys = sorted(f"meta/odd/{name}.json" for name in ("a b", "plus+sign", "amp&lt", "percent%41", "caf\u00e9", "x<y>"))
+    await asyncio.gather(*(shared.put(k, k.encode()) for k in keys))
+    listed = await shared.list("meta/odd/")
+    assert [i.key for i in listed] == keys
+    assert [i.size for i in listed] == [len(k.encode()) for k in keys]
+    assert [await shared.get(i.key) for i in listed] == [k.encode() for k in keys]
+
+
 async def test_delete_many_sends_batches(
     proxy: FaultProxy, s3_server: SeaweedFS, shared: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
