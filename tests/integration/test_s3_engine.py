@@ -92,7 +92,9 @@ class Fault:
 
     actions: "503" (SlowDown, not forwarded), "400" (InvalidArgument, not
     forwarded), "reset" (connection dropped, not forwarded), "landed-503" and
-    "landed-reset" (forwarded to S3 first, then the reply is replaced).
+    "landed-reset" (forwarded to S3 first, then the reply is replaced), "cut-body"
+    (forwarded, then the connection closes half-way through the announced body),
+    "garbage-200" (forwarded, then answered 200 with a body that is not XML).
     """
 
     action: str
@@ -164,6 +166,10 @@ class FaultProxy:
                 return _s3_error(503, "ServiceUnavailable", "injected after the write landed")
             if action == "landed-reset":
                 return _drop(request)
+            if action == "cut-body":
+                return await _cut_body(request, response)
+            if action == "garbage-200":
+                return web.Response(status=200, body=b"<ListBucketResult><Contents><Key>x", content_type="application/xml")
             return response
         finally:
             self.in_flight -= 1
@@ -188,6 +194,17 @@ class FaultProxy:
 def _s3_error(status: int, code: str, message: str) -> web.Response:
     xml = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
     return web.Response(status=status, body=xml.encode(), content_type="application/xml")
+
+
+async def _cut_body(request: web.Request, response: web.Response) -> web.StreamResponse:
+    body = bytes(response.body)
+    cut = web.StreamResponse(status=response.status, headers=response.headers)
+    cut.content_length = len(body)
+    await cut.prepare(request)
+    await cut.write(body[: len(body) // 2])
+    assert request.transport is not None
+    request.transport.close()
+    return cut
 
 
 def _drop(request: web.Request) -> web.Response:
@@ -428,6 +445,29 @@ async def test_list_returns_keys_with_characters_that_need_escaping(shared: S3Ob
     assert [i.key for i in listed] == keys
     assert [i.size for i in listed] == [len(k.encode()) for k in keys]
     assert [await shared.get(i.key) for i in listed] == [k.encode() for k in keys]
+
+
+async def test_a_large_get_cut_short_is_retried_and_returns_the_exact_bytes(
+    proxy: FaultProxy, s3_server: SeaweedFS, shared: S3ObjectStore
+) -> None:
+    body = os.urandom(3 * MiB)
+    await shared.put("data/t/0/cut.seg", body)
+    engine = await via(proxy, s3_server, shared.prefix)
+    async with engine:
+        proxy.faults.append(Fault("cut-body", lambda r: r.method == "GET"))
+        got = await engine.get("data/t/0/cut.seg", MiB, 3 * MiB)  # read into one preallocated buffer
+        assert got == body[MiB:]
+        assert proxy.count("GET") == 2
+
+
+async def test_a_malformed_listing_is_retried(proxy: FaultProxy, s3_server: SeaweedFS, shared: S3ObjectStore) -> None:
+    keys = [f"meta/brokers/{n}.json" for n in range(3)]
+    await asyncio.gather(*(shared.put(k, b"{}") for k in keys))
+    engine = await via(proxy, s3_server, shared.prefix)
+    async with engine:
+        proxy.faults.append(Fault("garbage-200", lambda r: "list-type=2" in r.path_qs))
+        assert [i.key for i in await engine.list("meta/brokers/")] == keys
+        assert proxy.count("GET", "list-type=2") == 2
 
 
 async def test_delete_many_sends_batches(
