@@ -250,9 +250,19 @@ class Leadership:
         plog.handing_over = True
         try:
             while plog.pending and not plog.resigned:
+                if not broker.membership.lease_valid():
+                    # The lapse resigns everything; a batch that lands now stays pending until then.
+                    log.info("%s-%d: hand-over to broker %d dropped: the lease lapsed", plog.topic.name,
+                             plog.partition, target_id)
+                    plog.handing_over = False
+                    return
                 waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 plog.waiters.append(waiter)
-                await asyncio.wait_for(waiter, 1.0)
+                try:
+                    await asyncio.wait_for(waiter, 1.0)
+                except TimeoutError:
+                    if broker.membership.lease_valid():
+                        raise
             if plog.resigned:
                 return
             batches = plog.unflushed_batches()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -116,3 +117,16 @@ async def test_a_write_that_lands_after_leadership_ended_is_not_readable(tmp_pat
     # The entry stays in the WAL for whoever replays it.
     await broker.flusher._trim_wal()
     assert [e.position for e in await read_wal(LOCATION, broker.store)] == [0]
+
+
+async def test_a_hand_over_caught_in_a_lease_lapse_gives_up_quietly(tmp_path: Path) -> None:
+    """A batch that lands after the lapse stays pending until the lapse resigns the partition: the hand-over
+    waiting for it stops, rather than timing out as a failed leadership change, and moves nothing."""
+    broker, wal, plog = await leader_with_one_batch_in_the_window(tmp_path)
+    broker.membership.lease_valid = lambda: False  # type: ignore[method-assign]
+    broker.cluster_brokers = {1: SimpleNamespace(broker_id=1, incarnation=1)}  # type: ignore[dict-item]
+    stored_before = await broker.meta.load_manifest(TOPIC.topic_id, 0)
+    await asyncio.wait_for(broker.leadership.hand_over(plog, 1), 0.5)  # no TimeoutError, and at once
+    assert not plog.handing_over and not plog.resigned
+    assert await broker.meta.load_manifest(TOPIC.topic_id, 0) == stored_before  # still ours: no epoch bump
+    wal.release()
