@@ -107,6 +107,9 @@ class Leadership:
                     await work
             except ReplayGap as gap:
                 log.warning("taking over %s deferred: %s; retrying on a fresh read", key, gap)
+            except ConflictError:  # another broker's or epoch's manifest write won: fenced, not broken
+                log.warning("leadership change for %s lost a race for the manifest; the next round starts from "
+                            "the stored state", key)
             except Exception:  # noqa: BLE001 - the next reconcile retries
                 log.exception("leadership change for %s failed", key)
             finally:

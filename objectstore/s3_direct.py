@@ -1,9 +1,10 @@
 """Signed S3 requests without botocore's request pipeline, for the small, frequent ones.
 
 Every object-WAL write, manifest CAS, lease renewal and segment read is one PUT, GET or
-HEAD, and every cluster round lists the broker registrations.  Through an aiobotocore client each costs about 3 ms of CPU (parameter validation,
-serialisation, the event hooks, response parsing), which on a 2-core machine is what
-bounds the object-WAL's produce latency; botocore's SigV4 signer on an aiohttp request
+HEAD, and every cluster round lists the broker registrations.  Through an aiobotocore
+client each costs about 3 ms of CPU (parameter validation, serialisation, the event
+hooks, response parsing), which on a 2-core machine is what bounds the object-WAL's
+produce latency; botocore's SigV4 signer on an aiohttp request
 costs about 1 ms (docs/performance.md).  So these three verbs and ListObjectsV2 go out
 here: botocore still signs them (``S3SigV4Auth``) and supplies the credentials, aiohttp
 carries them, and the standard library parses a listing's XML.  Batch delete, multipart
