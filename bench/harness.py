@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--s3-records", type=int, default=10_000, help="records measured in the object-WAL latency phase")
     g.add_argument("--s3-rate", type=float, default=500.0, help="records/s offered in the object-WAL latency phase")
     g.add_argument("--s3-put-samples", type=int, default=10_000, help="raw PUTs timed for the PUT baseline")
-    g.add_argument("--s3-catchup-mb", type=float, default=150.0, help="MB produced, then read back cold")
+    g.add_argument("--s3-catchup-mb", type=float, default=300.0, help="MB produced, then read back cold")
+    g.add_argument("--s3-catchup-rounds", type=int, default=3,
+                   help="cold reads (each after a broker restart) and raw GET passes; the figures are their medians")
     g.add_argument("--s3-flush-interval-ms", type=int, default=500, help="broker --flush-interval-ms in the s3 suite")
     g = p.add_argument_group("failover suite (local 3-broker cluster)")
     g.add_argument("--kills", type=int, default=20, help="leader kills (kill -9), one failover sample each")
@@ -576,6 +578,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any]]
         parser.error(str(exc))
     if args.series_interval <= 0:
         parser.error("--series-interval must be positive")
+    if args.s3_catchup_rounds < 1:
+        parser.error("--s3-catchup-rounds must be at least 1")
     resolved.update(producers=args.topics * args.producers_per_topic,
                     consumers=args.topics * min(args.consumers_per_topic, args.partitions))
     return args, resolved

@@ -9,7 +9,10 @@ the same S3 call made directly with ``S3ObjectStore`` in the same run:
   object one 1 KiB record produces, as the create-only PUT the WAL makes).
 - ``s3_catchup_read``: MB/s of a consumer reading a topic from offset 0
   after a broker restart (cold caches), next to ``raw_get_read`` (the same
-  segment objects read sequentially in ranged GETs).
+  segment objects read sequentially in ranged GETs).  Both are the median of
+  ``--s3-catchup-rounds`` passes (the broker restarted before each read): a
+  single pass over 150 MB took 0.15-0.3 s, and one tree's ratio swung from
+  0.47 to 0.72 between three runs.
 
 SeaweedFS comes from tests/s3server.py; without a ``weed`` binary the suite
 is skipped with the reason.
@@ -142,6 +145,8 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
         store = _Store(s3, prefix)
         lat: workload.LatencyRun | None = None
         read: workload.Throughput | None = None
+        reads: list[workload.Throughput] = []
+        read_errors = 0
         errors: dict[str, str] = {}
         wal_sizes: list[int] = []
         try:
@@ -160,12 +165,14 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
             try:
                 workload.prepare_topic(broker.bootstrap, read_topic, 1)
                 workload.produce_throughput(broker.bootstrap, read_topic, read_records, size)
-                say("s3: restarting the broker (cold caches)")
-                broker.stop()
-                broker.start(timeout=60)
-                _wait_high_watermark(broker.bootstrap, read_topic, read_records + 1)
-                say("s3: catch-up read from offset 0")
-                read = workload.consume_throughput(broker.bootstrap, read_topic, 1)
+                for round_ in range(1, args.s3_catchup_rounds + 1):
+                    say(f"s3: restarting the broker (cold caches), catch-up read {round_}/{args.s3_catchup_rounds}")
+                    broker.stop()
+                    broker.start(timeout=60)
+                    _wait_high_watermark(broker.bootstrap, read_topic, read_records + 1)
+                    reads.append(workload.consume_throughput(broker.bootstrap, read_topic, 1))
+                read = sorted(reads, key=lambda r: r.mb_per_s)[len(reads) // 2]
+                read_errors = sum(r.errors for r in reads)
             except Exception as exc:  # noqa: BLE001
                 errors["read"] = f"failed: {exc}"
                 say(broker.log_tail(6000))
@@ -181,8 +188,10 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
             topic_id = _topic_id(store, read_topic)
             listing = store.run(store.store.list(f"data/{topic_id}/" if topic_id else "data/"))
             segments = sorted((o.key, o.size) for o in listing)
-            say(f"s3: raw sequential GET of {len(segments)} segment objects")
-            got, secs = store.run(_sequential_get(store.store, segments)) if segments else (0, 0.0)
+            say(f"s3: raw sequential GET of {len(segments)} segment objects, {args.s3_catchup_rounds} passes")
+            passes = [store.run(_sequential_get(store.store, segments)) if segments else (0, 0.0)
+                      for _ in range(args.s3_catchup_rounds)]
+            got, secs = sorted(passes, key=lambda p: p[0] / p[1] if p[1] > 0 else 0.0)[len(passes) // 2]
         finally:
             store.close()
     res.meta.update(s3_wal_object_bytes=wal_object, s3_wal_objects_listed=len(wal_sizes),
@@ -204,14 +213,16 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
             f"raw_put_latency_p{p:g}", pct_ms(puts, p), samples=len(lat.latencies) if lat else None,
             note=join_notes(lat_note, f"PUT {wal_object} B x {len(puts):,}")))
     read_note = errors.get("read", "")
-    if read is not None and read.errors:
-        res.failures.append(f"s3 catch-up read: {read.errors} errors or missing records")
-        read_note = join_notes(read_note, f"{read.errors} errors/missing")
+    if read is not None and read_errors:
+        res.failures.append(f"s3 catch-up read: {read_errors} errors or missing records")
+        read_note = join_notes(read_note, f"{read_errors} errors/missing")
     res.figures.append(Figure(
         "s3_catchup_read", read.mb_per_s if read else None, "MB/s", "raw_get_read",
         got / 1e6 / secs if secs > 0 else None, samples=read.records if read else None,
         note=join_notes(read_note, f"{got / 1e6:,.0f} MB in {len(segments)} segments, "
-                                   f"{GET_RANGE_BYTES // MiB} MiB GETs")))
+                                   f"{GET_RANGE_BYTES // MiB} MiB GETs, median of {len(reads)} cold reads "
+                                   f"({', '.join(f'{r.mb_per_s:.0f}' for r in reads)}) and of "
+                                   f"{len(passes)} GET passes")))
     for key in ("lat", "read"):
         if key in errors:
             res.failures.append(f"s3 {key}: {errors[key]}")

@@ -20,7 +20,7 @@ import pytest
 
 from bench.baselines import MockCluster, MockUnavailable
 from bench.failover_suite import StoreSnapshot, orphan_bytes, segment_bytes_copied
-from bench.harness import SUITES, Measurements, Phase, build_figures, build_parser
+from bench.harness import SUITES, Measurements, Phase, build_figures, build_parser, parse_args
 from bench.report import Figure, format_table, percentile
 from bench.workload import LatencyRun, Throughput
 
@@ -203,6 +203,13 @@ def test_suite_option_defaults_to_all_and_rejects_unknown_names() -> None:
     assert build_parser().parse_args(["--suite", "s3,failover"]).suite == ["s3", "failover"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--suite", "local,nope"])
+
+
+def test_s3_catchup_rounds_default_to_three_and_must_be_positive() -> None:
+    args, _meta = parse_args([])
+    assert args.s3_catchup_rounds == 3
+    with pytest.raises(SystemExit):
+        parse_args(["--s3-catchup-rounds", "0"])
 
 
 def test_segment_bytes_copied_counts_rewrites_and_recommitted_offsets_only() -> None:
