@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("keel.leadership")
 # Takeovers of one dead incarnation's partitions start together and share one read of its WAL.  A read
 # is only valid once that incarnation can no longer acknowledge (the controller elects only then), so
-# it is never reused beyond this window.
+# it is never reused beyond this window.  This broker's own current WAL is never shared: when the
+# controller moves a partition's epoch on with the same incarnation as leader, the old epoch kept
+# acknowledging until it resigned, so a read taken earlier (for another partition) misses entries.
 WAL_CACHE_SECONDS = 1.0
 MAX_PARALLEL_TAKEOVERS = 16
 # A replay whose entries skip offsets read an incomplete WAL (a chaos run saw one WAL piece missing from
@@ -210,6 +212,11 @@ class Leadership:
         return added
 
     async def _read_wal(self, location: dict[str, Any]) -> list[WalEntry]:
+        registration = self.broker.membership.registration
+        if registration is not None and location == registration_wal(registration):
+            entries = await read_wal(location, self.broker.store)  # still written to: read it afresh
+            self.stats["wal_bytes_read"] += sum(len(e.payload) for e in entries)
+            return entries
         key = json.dumps(location, sort_keys=True)
         now = time.monotonic()
         cached = self._wal_cache.get(key)
