@@ -42,7 +42,7 @@ class FakeBroker:
         self.store = store
         self.meta = MetadataStore(store)
         self.settings = SimpleNamespace(broker_id=2)
-        self.membership = SimpleNamespace(incarnation=1, lease_valid=lambda: True)
+        self.membership = SimpleNamespace(incarnation=1, lease_valid=lambda: True, registration=None)
         self.stopping = False
         self.served: list[PartitionLog] = []
         self.flusher = SimpleNamespace(flush_partition=self._flush)
