@@ -157,6 +157,8 @@ class Broker:
                     assignments, _etag = await self.cluster.read_assignments()
                 self.on_assignments(assignments)
                 self.groups.forget_unowned(self.coordinates)
+            except TransientError as exc:  # the store stayed unavailable through the retries: expected, not a bug
+                log.warning("cluster round failed: %s; the next round starts over", exc)
             except Exception:  # noqa: BLE001 - the next round starts over from stored state
                 log.exception("cluster round failed")
             if time.monotonic() >= next_sweep and (sweep is None or sweep.done()):

@@ -8,6 +8,7 @@ import time
 from broker.group_coordinator import MAX_METADATA_BYTES, STABLE, CommittedOffset
 from broker.handlers.base import Api, Message, RequestContext
 from broker.handlers.groups import coordinated
+from objectstore.base import TransientError
 from protocol.errors import ErrorCode
 from protocol.schema import codec
 
@@ -50,8 +51,11 @@ async def offset_commit(ctx: RequestContext, request: Message) -> Message:
     if accepted:
         try:
             await broker.groups.commit(group_id, accepted)
-        except Exception:
-            log.exception("committing offsets of group %s failed", group_id)
+        except Exception as exc:  # noqa: BLE001 - the client retries on COORDINATOR_NOT_AVAILABLE
+            if isinstance(exc, TransientError):  # the store stayed unavailable through the retries
+                log.warning("committing offsets of group %s failed: %s", group_id, exc)
+            else:
+                log.exception("committing offsets of group %s failed", group_id)
             results = [(topic, [(i, ErrorCode.COORDINATOR_NOT_AVAILABLE if c == ErrorCode.NONE else c)
                                 for i, c in codes]) for topic, codes in results]
     return {"throttle_time_ms": 0, "topics": [

@@ -13,6 +13,7 @@ from broker.controller import registration_wal
 from broker.core import Broker
 from metadata.cluster import BrokerRegistration
 from metadata.store import ConflictError
+from objectstore.base import TransientError
 from objectstore.memory import MemoryObjectStore
 from wal.object import ObjectWriteAheadLog
 from wal.reader import wal_location
@@ -73,3 +74,26 @@ async def test_a_takeover_reads_this_brokers_own_wal_afresh_not_from_the_shared_
     finally:
         leadership_module.read_wal = original  # type: ignore[assignment]
     assert len(first) == len(second) == 1 and reads == 1  # the partitions of a dead incarnation share one read
+
+
+async def test_a_cluster_round_the_store_fails_is_a_warning_and_the_loop_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Injected 503s (chaos 2026-12-03 23:20) made cluster rounds give up after their retries; each was
+    logged as an ERROR with a traceback, though the next round simply starts over."""
+    broker = Broker(Settings(data_dir=str(tmp_path), controller_interval_ms=1), store=MemoryObjectStore())
+    rounds = 0
+
+    async def read_brokers_failing() -> list[BrokerRegistration]:
+        nonlocal rounds
+        rounds += 1
+        broker.stopping = rounds >= 2
+        raise TransientError("get cluster/brokers: gave up after 5 attempts: SlowDown")
+
+    broker.cluster.read_brokers = read_brokers_failing  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="keel.broker"):
+        await broker._cluster_loop()
+    records = [r for r in caplog.records if r.name == "keel.broker"]
+    assert rounds == 2  # the first failure did not end the loop
+    assert [r.levelno for r in records] == [logging.WARNING, logging.WARNING]
+    assert "SlowDown" in records[0].getMessage() and records[0].exc_info is None
