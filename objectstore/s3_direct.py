@@ -78,7 +78,8 @@ class DirectS3:
     async def close(self) -> None:
         await self._session.close()
 
-    async def _signed_headers(self, method: str, url: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+    async def _signed_headers(self, method: str, url: str, body: bytes, headers: dict[str, str],
+                              payload_sha256: str | None = None) -> dict[str, str]:
         if self._credentials is None:
             raise boto_exc.NoCredentialsError()
         frozen = self._credentials.get_frozen_credentials()
@@ -87,7 +88,10 @@ class DirectS3:
         if frozen is None or not frozen.access_key:
             raise boto_exc.NoCredentialsError()
         request = AWSRequest(method=method, url=url, data=body, headers=headers)
-        S3SigV4Auth(frozen, "s3", self._region).add_auth(request)
+        if payload_sha256 is None:
+            S3SigV4Auth(frozen, "s3", self._region).add_auth(request)
+        else:
+            _KnownPayloadAuth(frozen, "s3", self._region, payload_sha256).add_auth(request)
         return dict(request.headers.items())
 
     async def list_page(self, prefix: str, max_keys: int,
@@ -111,10 +115,12 @@ class DirectS3:
         return objects, next_token if truncated and next_token else None
 
     async def send(self, operation: str, method: str, key: str, *, body: bytes = b"",
-                   headers: dict[str, str] | None = None, query: str = "") -> Reply:
-        """One attempt; a non-2xx answer raises ClientError (``operation`` names it, as botocore would)."""
+                   headers: dict[str, str] | None = None, query: str = "", payload_sha256: str | None = None) -> Reply:
+        """One attempt; a non-2xx answer raises ClientError (``operation`` names it, as botocore would).
+
+        ``payload_sha256``: the body's SHA-256 (hex), if the caller computed it already (off the event loop)."""
         url = self._base + _quote(key) + (f"?{query}" if query else "")
-        signed = await self._signed_headers(method, url, body, headers or {})
+        signed = await self._signed_headers(method, url, body, headers or {}, payload_sha256)
         async with self._session.request(method, URL(url, encoded=True), data=body or None,
                                          headers=signed, allow_redirects=False) as resp:
             if resp.status >= 300:
@@ -122,6 +128,19 @@ class DirectS3:
             if method == "GET" and resp.content_length is not None and resp.content_length >= PREALLOCATE_FROM:
                 return Reply(resp.status, resp.headers, await _read_into_one_buffer(resp, resp.content_length))
             return Reply(resp.status, resp.headers, await resp.read())
+
+
+class _KnownPayloadAuth(S3SigV4Auth):
+    """botocore's S3 SigV4 signer, given the body's SHA-256 instead of hashing the body itself."""
+
+    def __init__(self, credentials: Any, service_name: str, region_name: str, payload_sha256: str) -> None:
+        super().__init__(credentials, service_name, region_name)
+        self._payload_sha256 = payload_sha256
+
+    def payload(self, request: AWSRequest) -> str:
+        if not self._should_sha256_sign_payload(request):
+            return super().payload(request)  # UNSIGNED-PAYLOAD, as botocore decides
+        return self._payload_sha256
 
 
 async def _read_into_one_buffer(resp: aiohttp.ClientResponse, length: int) -> bytearray:

@@ -16,6 +16,7 @@ import importlib
 import inspect
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,7 @@ from aiohttp import web
 from objectstore import s3
 from objectstore.base import NotFound, ObjectStoreError, PreconditionFailed, TransientError
 from objectstore.s3 import STAMP_MAGIC, STAMP_SIZE, S3Error, S3ObjectStore
+from objectstore.s3_direct import DirectS3
 from s3server import SeaweedFS
 
 MiB = 1024 * 1024
@@ -395,6 +397,42 @@ async def test_stamp_is_hidden_and_raw_mode_stores_bytes_verbatim(
         assert await raw.get("data/raw.seg", 9) == b""
         with pytest.raises(ObjectStoreError, match="not written by Keel"):
             await shared.get_with_etag("data/raw.seg")
+
+
+async def test_a_large_put_is_hashed_in_a_worker_thread_and_signed_with_that_hash(
+    shared: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[tuple[bytes, str | None]] = []
+    original_send = DirectS3.send
+
+    async def spy_send(self: DirectS3, *args: Any, **kwargs: Any) -> Any:
+        if args[0] == "PutObject":
+            sent.append((kwargs["body"], kwargs.get("payload_sha256")))
+        return await original_send(self, *args, **kwargs)
+
+    monkeypatch.setattr(DirectS3, "send", spy_send)
+    prepared_in: list[str] = []
+    original_prepare = shared._prepare_now
+
+    def spy_prepare(data: Any) -> Any:
+        prepared_in.append(threading.current_thread().name)
+        return original_prepare(data)
+
+    monkeypatch.setattr(shared, "_prepare_now", spy_prepare)
+    large = os.urandom(s3.HASH_OFF_LOOP_FROM + 1)
+    await shared.put("data/large.seg", large)
+    assert await shared.put_if_absent("wal/large", large)
+    await shared.put("data/small.seg", b"small")
+
+    assert prepared_in and all(name != threading.main_thread().name for name in prepared_in)
+    assert len(prepared_in) == 2  # the small body is hashed by the signer, on the loop
+    (first, first_hash), (second, second_hash), (small, small_hash) = sent
+    for body, digest in ((first, first_hash), (second, second_hash)):
+        assert body[: len(large)] == large and body[len(large) : len(large) + 4] == STAMP_MAGIC
+        assert digest == hashlib.sha256(body).hexdigest()
+    assert small_hash is None and small[:5] == b"small"
+    assert await shared.get("data/large.seg") == large
+    assert await shared.get("wal/large") == large
 
 
 async def test_multipart_upload_of_a_large_object(s3_server: SeaweedFS) -> None:
