@@ -105,8 +105,10 @@ class KafkaServer:
         queue: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(MAX_IN_FLIGHT)
         sender = asyncio.create_task(self._send_loop(queue, writer, peer))
         limit = self.settings.max_request_bytes
+        window = _ConnectionWindow(self.settings.connection_inflight_bytes)
         try:
             while not sender.done():
+                await window.wait_for_room()
                 size_bytes = await reader.readexactly(4)
                 (size,) = SIZE.unpack(size_bytes)
                 if size < 8 or size > limit:
@@ -114,7 +116,8 @@ class KafkaServer:
                     break
                 frame = await self._read_frame(reader, size)
                 task = asyncio.create_task(self._handle(memoryview(frame), peer))
-                task.add_done_callback(lambda _t, n=size: self._release(n))
+                window.add(size)
+                task.add_done_callback(lambda _t, n=size: (self._release(n), window.release(n)))
                 await queue.put(task)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -197,3 +200,28 @@ class KafkaServer:
         out = start_response(correlation_id, flexible and api_key != API_VERSIONS_KEY)
         response_codec(api_key, version).write(out, response)
         return finish_response(out)
+
+
+class _ConnectionWindow:
+    """Bytes of one connection's requests that were read and are not answered yet.
+
+    Requests of one connection are handled concurrently, so that a pipelining producer's batches share
+    WAL writes.  But the WAL acknowledges in the order it was given data, so everything one bulk producer
+    has in flight is queued ahead of every other client's next write; this bounds that queue per client."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self._freed = asyncio.Event()
+
+    async def wait_for_room(self) -> None:
+        while self.bytes >= self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+
+    def add(self, size: int) -> None:
+        self.bytes += size
+
+    def release(self, size: int) -> None:
+        self.bytes -= size
+        self._freed.set()

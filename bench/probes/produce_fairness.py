@@ -1,0 +1,104 @@
+"""Produce latency of a paced producer while another client produces flat out, against one broker.
+
+The WAL acknowledges in the order it was given data, so what one pipelining bulk producer has in
+flight is queued ahead of every other client's writes.  This probe measures, per broker tree and
+``connection_inflight_bytes``: flat-out produce MB/s alone; latency at 500 records/s alone; and
+latency at 200 records/s while a second process produces flat out (the bulk producer).
+
+    .venv/bin/python -m bench.probes.produce_fairness [--rounds 2] [--mb 100] [--file-wal] TREE[@BYTES] ...
+
+TREE is a checkout of Keel (e.g. a ``git worktree`` of the base commit); ``@BYTES`` sets
+``KEEL_CONNECTION_INFLIGHT_BYTES`` for that broker.  The object WAL on SeaweedFS is the default;
+``--file-wal`` runs the embedded default (file WAL, local-filesystem store) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from bench import workload
+from bench.broker_proc import HOST, REPO_ROOT, BrokerProcess
+
+if str(REPO_ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+from s3server import SeaweedFS  # noqa: E402
+
+RUN_FROM = "import sys; sys.path.insert(0, sys.argv.pop(1)); from broker.cli import main; sys.exit(main(sys.argv[1:]))"
+BULK = ("import sys; sys.path.insert(0, {repo!r}); from bench import workload; "
+        "print(workload.produce_throughput({bootstrap!r}, 'bulk', {count}, 1024).mb_per_s)")
+
+
+class TreeBroker(BrokerProcess):
+    """A broker run from another checkout of Keel."""
+
+    def __init__(self, tree: str, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.tree = tree
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", RUN_FROM, self.tree, "serve", "--host", HOST, "--port", str(self.port),
+                "--data-dir", str(self.data_dir), *self.extra_args]
+
+
+def _ms(latencies: list[float], q: float) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e3
+
+
+def _one(spec: str, mb: float, file_wal: bool, work: Path, s3: SeaweedFS | None) -> str:
+    tree, _, window = spec.partition("@")
+    flags, env = [], {}
+    if s3 is not None:
+        prefix = uuid.uuid4().hex[:8]
+        flags = ["--s3-endpoint", s3.endpoint_url, "--bucket", "keel-probe", "--prefix", prefix,
+                 "--region", s3.region, "--wal", "object", "--flush-interval-ms", "500"]
+        env = dict(s3.env())
+    if window:
+        env["KEEL_CONNECTION_INFLIGHT_BYTES"] = window
+    broker = TreeBroker(tree, work / uuid.uuid4().hex[:8], work / "broker.log", flags, env=env)
+    broker.start(60)
+    try:
+        for topic in ("flat", "alone", "bulk", "beside"):
+            workload.prepare_topic(broker.bootstrap, topic, 1)
+        flat = workload.produce_throughput(broker.bootstrap, "flat", int(mb * 1e6 / 1024), 1024)
+        alone = workload.produce_latency(broker.bootstrap, "alone", 500, 3000, 1024, 250)
+        bulk = subprocess.Popen([sys.executable, "-c", BULK.format(repo=str(REPO_ROOT), bootstrap=broker.bootstrap,
+                                                                    count=int(2 * mb * 1e6 / 1024))],
+                                stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)  # the bulk producer is under way
+        beside = workload.produce_latency(broker.bootstrap, "beside", 200, 400, 1024, 20)
+        out, _ = bulk.communicate(timeout=600)
+    finally:
+        broker.stop()
+    return (f"flat-out {flat.mb_per_s:.1f} MB/s | 500/s alone p50 {_ms(alone.latencies, .5):.2f} "
+            f"p99 {_ms(alone.latencies, .99):.2f} ms | 200/s beside the bulk producer p50 "
+            f"{_ms(beside.latencies, .5):.1f} p99 {_ms(beside.latencies, .99):.1f} ms "
+            f"(bulk {float(out.split()[-1]):.1f} MB/s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trees", nargs="+", metavar="TREE[@BYTES]")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--mb", type=float, default=100, help="MB of the flat-out phase (the bulk producer sends twice that)")
+    parser.add_argument("--file-wal", action="store_true")
+    args = parser.parse_args()
+    work = Path(f"/tmp/keel-probe-{uuid.uuid4().hex[:6]}")
+    work.mkdir(parents=True)
+    for round_ in range(args.rounds):
+        for spec in args.trees:
+            if args.file_wal:
+                line = _one(spec, args.mb, True, work, None)
+            else:
+                with SeaweedFS(work / f"weed-{uuid.uuid4().hex[:6]}") as s3:
+                    line = _one(spec, args.mb, False, work, s3)
+            print(f"round {round_} {spec}: {line}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
