@@ -14,6 +14,11 @@ the same S3 call made directly with ``S3ObjectStore`` in the same run:
   single pass over 150 MB took 0.15-0.3 s, and one tree's ratio swung from
   0.47 to 0.72 between three runs.
 
+Each baseline is measured right after its Keel figure, with the broker stopped:
+the raw PUTs after the latency phase, and a raw GET pass after each cold read
+(the note gives the ratio of each such pair).  The machine's speed drifts over
+minutes, and baselines taken at the end of the suite moved the ratios with it.
+
 SeaweedFS comes from tests/s3server.py; without a ``weed`` binary the suite
 is skipped with the reason.
 """
@@ -125,6 +130,15 @@ def _wait_high_watermark(bootstrap: str, topic: str, want: int, timeout: float =
     raise TimeoutError(f"{topic}-0 high watermark {high} < {want} after {timeout:.0f} s {last_error}")
 
 
+def _stop(broker: BrokerProcess, res: SuiteResult) -> None:
+    """Stops the broker if it runs; an exit code other than 0 is a failure (reported once per process)."""
+    proc = broker.proc
+    code = broker.stop()
+    note = f"s3 broker (pid {proc.pid if proc else '?'}) exited with code {code}"
+    if code not in (0, None) and note not in res.failures:
+        res.failures.append(note)
+
+
 def run(args: Any, work_dir: Path) -> SuiteResult:
     res = SuiteResult("s3")
     missing = weed_missing()
@@ -144,12 +158,18 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
         broker = BrokerProcess(work_dir / "s3-broker", work_dir / "s3-broker.log", flags, env=s3.env())
         store = _Store(s3, prefix)
         lat: workload.LatencyRun | None = None
-        read: workload.Throughput | None = None
         reads: list[workload.Throughput] = []
+        passes: list[tuple[int, float]] = []
+        puts: list[float] = []
+        segments: list[tuple[str, int]] = []
         read_errors = 0
         errors: dict[str, str] = {}
         wal_sizes: list[int] = []
+        wal_object = WAL_OBJECT_BYTES
         try:
+            # Each baseline runs right after the Keel figure it is the floor of, with the broker stopped so
+            # that nothing competes with it: the machine's speed drifts over minutes, and a ratio of two
+            # figures taken minutes apart moved with that drift.
             broker.start(timeout=60)
             res.meta["broker_command"] = " ".join(broker.command())
             say(f"s3: object-WAL produce latency at {args.s3_rate:g}/s for {args.s3_records:,} records")
@@ -161,39 +181,37 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
                 errors["lat"] = f"failed: {exc}"
                 say(broker.log_tail())
             wal_sizes = [o.size for o in store.run(store.store.list("wal/"))]
+            _stop(broker, res)
+            say(f"s3: raw PUT latency, {args.s3_put_samples:,} x {wal_object} B")
+            puts = store.run(_put_latencies(store.store, args.s3_put_samples, wal_object))
+            broker.start(timeout=60)
             say(f"s3: producing {read_records:,} records ({args.s3_catchup_mb:g} MB) for the catch-up read")
             try:
                 workload.prepare_topic(broker.bootstrap, read_topic, 1)
                 workload.produce_throughput(broker.bootstrap, read_topic, read_records, size)
                 for round_ in range(1, args.s3_catchup_rounds + 1):
-                    say(f"s3: restarting the broker (cold caches), catch-up read {round_}/{args.s3_catchup_rounds}")
-                    broker.stop()
+                    say(f"s3: restarting the broker (cold caches), catch-up read {round_}/{args.s3_catchup_rounds}, "
+                        "then a raw GET pass")
+                    _stop(broker, res)
                     broker.start(timeout=60)
                     _wait_high_watermark(broker.bootstrap, read_topic, read_records + 1)
                     reads.append(workload.consume_throughput(broker.bootstrap, read_topic, 1))
-                read = sorted(reads, key=lambda r: r.mb_per_s)[len(reads) // 2]
+                    _stop(broker, res)
+                    topic_id = _topic_id(store, read_topic)
+                    listing = store.run(store.store.list(f"data/{topic_id}/" if topic_id else "data/"))
+                    segments = sorted((o.key, o.size) for o in listing)
+                    passes.append(store.run(_sequential_get(store.store, segments)) if segments else (0, 0.0))
                 read_errors = sum(r.errors for r in reads)
             except Exception as exc:  # noqa: BLE001
                 errors["read"] = f"failed: {exc}"
                 say(broker.log_tail(6000))
         finally:
-            code = broker.stop()
-            if code not in (0, None):
-                res.failures.append(f"s3 broker exited with code {code}")
-        try:
-            # Both baselines run with the broker stopped, so nothing competes with them.
-            wal_object = WAL_OBJECT_BYTES
-            say(f"s3: raw PUT latency, {args.s3_put_samples:,} x {wal_object} B")
-            puts = store.run(_put_latencies(store.store, args.s3_put_samples, wal_object))
-            topic_id = _topic_id(store, read_topic)
-            listing = store.run(store.store.list(f"data/{topic_id}/" if topic_id else "data/"))
-            segments = sorted((o.key, o.size) for o in listing)
-            say(f"s3: raw sequential GET of {len(segments)} segment objects, {args.s3_catchup_rounds} passes")
-            passes = [store.run(_sequential_get(store.store, segments)) if segments else (0, 0.0)
-                      for _ in range(args.s3_catchup_rounds)]
-            got, secs = sorted(passes, key=lambda p: p[0] / p[1] if p[1] > 0 else 0.0)[len(passes) // 2]
-        finally:
+            _stop(broker, res)
             store.close()
+    read = sorted(reads, key=lambda r: r.mb_per_s)[len(reads) // 2] if reads else None
+    got, secs = (sorted(passes, key=lambda p: p[0] / p[1] if p[1] > 0 else 0.0)[len(passes) // 2]
+                 if passes else (0, 0.0))
+    paired = [r.mb_per_s / (g / 1e6 / t) for r, (g, t) in zip(reads, passes, strict=False) if g and t > 0]
     res.meta.update(s3_wal_object_bytes=wal_object, s3_wal_objects_listed=len(wal_sizes),
                     s3_wal_object_bytes_seen_median=statistics.median(wal_sizes) if wal_sizes else None,
                     s3_wal_object_bytes_seen_min=min(wal_sizes, default=None),
@@ -222,7 +240,8 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
         note=join_notes(read_note, f"{got / 1e6:,.0f} MB in {len(segments)} segments, "
                                    f"{GET_RANGE_BYTES // MiB} MiB GETs, median of {len(reads)} cold reads "
                                    f"({', '.join(f'{r.mb_per_s:.0f}' for r in reads)}) and of "
-                                   f"{len(passes)} GET passes")))
+                                   f"{len(passes)} GET passes, each right after its read; ratio of each pair "
+                                   f"{', '.join(f'{x:.2f}' for x in paired)}")))
     for key in ("lat", "read"):
         if key in errors:
             res.failures.append(f"s3 {key}: {errors[key]}")

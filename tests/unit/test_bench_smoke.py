@@ -228,3 +228,46 @@ def test_segment_bytes_copied_counts_rewrites_and_recommitted_offsets_only() -> 
     assert segment_bytes_copied(before, rewritten) == 250
     recopied = StoreSnapshot({**after.objects, seg(0, 50, 2): 200}, [*grown, (50, 79, seg(0, 50, 2))])
     assert segment_bytes_copied(before, recopied) == 200
+
+
+def _tiny_suite(tmp_path: Path, suite: str, *extra: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """``python -m bench --suite SUITE`` at a tiny size: its figures by name, and its meta."""
+    out = tmp_path / f"{suite}.json"
+    cmd = [sys.executable, "-m", "bench", "--suite", suite, "--no-plot", *extra, "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["failures"] == [] and doc["meta"]["skipped"] == []
+    figures = {f["name"]: f for f in doc["figures"]}
+    for name, f in figures.items():
+        assert name in proc.stdout
+        if f["baseline_value"] is not None:
+            assert f["ratio"] == pytest.approx(f["value"] / f["baseline_value"])
+    return figures, doc["meta"]
+
+
+def test_tiny_s3_suite_measures_each_figure_against_its_raw_s3_floor(tmp_path: Path) -> None:
+    from bench.s3_suite import weed_missing  # noqa: PLC0415
+
+    if missing := weed_missing():
+        pytest.skip(missing)
+    figures, meta = _tiny_suite(tmp_path, "s3", "--s3-records", "300", "--s3-put-samples", "300",
+                                "--s3-catchup-mb", "4", "--s3-catchup-rounds", "2")
+    assert set(figures) == {"s3_produce_latency_p50", "s3_produce_latency_p99", "s3_catchup_read"}
+    for name, baseline in (("s3_produce_latency_p50", "raw_put_latency_p50"),
+                           ("s3_produce_latency_p99", "raw_put_latency_p99"), ("s3_catchup_read", "raw_get_read")):
+        assert figures[name]["baseline_name"] == baseline
+        assert _positive(figures[name]["value"]) and _positive(figures[name]["baseline_value"]), figures[name]
+    assert figures["s3_produce_latency_p50"]["value"] <= figures["s3_produce_latency_p99"]["value"]
+    assert "ratio of each pair" in figures["s3_catchup_read"]["note"]
+    assert meta["s3_segment_bytes"] >= 4e6 and meta["s3_segment_objects"] >= 1
+    assert meta["s3_wal_objects_listed"] >= 1
+
+
+def test_tiny_failover_suite_times_each_kill(tmp_path: Path) -> None:
+    figures, meta = _tiny_suite(tmp_path, "failover", "--kills", "2")
+    assert {"failover_time_p50", "failover_time_p99", "leader_takeover_p50", "segment_bytes_copied_per_move",
+            "wal_batches_replayed_per_move"} <= set(figures)
+    assert len(meta["failover_times_s"]) == 2 and all(_positive(t) for t in meta["failover_times_s"])
+    assert figures["failover_time_p50"]["value"] <= figures["failover_time_p99"]["value"]
+    assert figures["segment_bytes_copied_per_move"]["value"] == 0  # stateless brokers: a move copies no data
