@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from broker.partition_log import PartitionLog, TailBatch
 from broker.segment import SegmentFooter, build_segment
 from metadata.store import ConflictError, SegmentRef
-from objectstore.base import ObjectStoreError
+from objectstore.base import ObjectStoreError, TransientError
 
 if TYPE_CHECKING:
     from broker.core import Broker
@@ -65,6 +65,10 @@ class Flusher:
     async def _round(self, force: bool) -> None:
         try:
             await self.flush_due(force=force)
+        except TransientError as exc:  # the store stayed unavailable through the retries: expected, not a bug
+            self.stats["errors"] += 1
+            log.warning("flush failed: %s; the data stays in the WAL, retrying in %.1f s", exc, RETRY_SECONDS)
+            await asyncio.sleep(RETRY_SECONDS)
         except Exception:  # noqa: BLE001 - keep flushing; the data stays safe in the WAL
             self.stats["errors"] += 1
             log.exception("flush failed; retrying in %.1f s", RETRY_SECONDS)
