@@ -261,7 +261,8 @@ def test_tiny_s3_suite_measures_each_figure_against_its_raw_s3_floor(tmp_path: P
     assert figures["s3_produce_latency_p50"]["value"] <= figures["s3_produce_latency_p99"]["value"]
     assert "ratio of each pair" in figures["s3_catchup_read"]["note"]
     assert meta["s3_segment_bytes"] >= 4e6 and meta["s3_segment_objects"] >= 1
-    assert meta["s3_wal_objects_listed"] >= 1
+    # (No check on the WAL objects listed after the latency phase: at this size the flusher may have
+    # moved everything into segments and trimmed the WAL by then.)
 
 
 def test_tiny_failover_suite_times_each_kill(tmp_path: Path) -> None:
