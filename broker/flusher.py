@@ -65,13 +65,12 @@ class Flusher:
     async def _round(self, force: bool) -> None:
         try:
             await self.flush_due(force=force)
-        except TransientError as exc:  # the store stayed unavailable through the retries: expected, not a bug
+        except Exception as exc:  # noqa: BLE001 - keep flushing; the data stays safe in the WAL
             self.stats["errors"] += 1
-            log.warning("flush failed: %s; the data stays in the WAL, retrying in %.1f s", exc, RETRY_SECONDS)
-            await asyncio.sleep(RETRY_SECONDS)
-        except Exception:  # noqa: BLE001 - keep flushing; the data stays safe in the WAL
-            self.stats["errors"] += 1
-            log.exception("flush failed; retrying in %.1f s", RETRY_SECONDS)
+            if isinstance(exc, TransientError):  # the store stayed unavailable through the retries: not a bug
+                log.warning("flush failed: %s; the data stays in the WAL, retrying in %.1f s", exc, RETRY_SECONDS)
+            else:
+                log.exception("flush failed; retrying in %.1f s", RETRY_SECONDS)
             await asyncio.sleep(RETRY_SECONDS)
 
     async def flush_due(self, force: bool = False) -> None:

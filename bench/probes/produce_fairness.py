@@ -23,10 +23,8 @@ from pathlib import Path
 
 from bench import workload
 from bench.broker_proc import HOST, REPO_ROOT, BrokerProcess
-
-if str(REPO_ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-from s3server import SeaweedFS  # noqa: E402
+from bench.s3_suite import SeaweedFS  # tests/s3server.py, put on the path there
+from bench.suite_common import pct_ms
 
 RUN_FROM = "import sys; sys.path.insert(0, sys.argv.pop(1)); from broker.cli import main; sys.exit(main(sys.argv[1:]))"
 BULK = ("import sys; sys.path.insert(0, {repo!r}); from bench import workload; "
@@ -43,11 +41,6 @@ class TreeBroker(BrokerProcess):
     def command(self) -> list[str]:
         return [sys.executable, "-c", RUN_FROM, self.tree, "serve", "--host", HOST, "--port", str(self.port),
                 "--data-dir", str(self.data_dir), *self.extra_args]
-
-
-def _ms(latencies: list[float], q: float) -> float:
-    ordered = sorted(latencies)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e3
 
 
 def _one(spec: str, mb: float, file_wal: bool, work: Path, s3: SeaweedFS | None) -> str:
@@ -75,9 +68,9 @@ def _one(spec: str, mb: float, file_wal: bool, work: Path, s3: SeaweedFS | None)
         out, _ = bulk.communicate(timeout=600)
     finally:
         broker.stop()
-    return (f"flat-out {flat.mb_per_s:.1f} MB/s | 500/s alone p50 {_ms(alone.latencies, .5):.2f} "
-            f"p99 {_ms(alone.latencies, .99):.2f} ms | 200/s beside the bulk producer p50 "
-            f"{_ms(beside.latencies, .5):.1f} p99 {_ms(beside.latencies, .99):.1f} ms "
+    return (f"flat-out {flat.mb_per_s:.1f} MB/s | 500/s alone p50 {pct_ms(alone.latencies, 50):.2f} "
+            f"p99 {pct_ms(alone.latencies, 99):.2f} ms | 200/s beside the bulk producer p50 "
+            f"{pct_ms(beside.latencies, 50):.1f} p99 {pct_ms(beside.latencies, 99):.1f} ms "
             f"(bulk {float(out.split()[-1]):.1f} MB/s)")
 
 

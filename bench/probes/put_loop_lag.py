@@ -20,10 +20,6 @@ from pathlib import Path
 
 from bench.broker_proc import REPO_ROOT
 
-if str(REPO_ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-from s3server import SeaweedFS  # noqa: E402
-
 
 async def _measure(endpoint: str, size: int, count: int) -> str:
     from objectstore.s3 import S3ObjectStore  # noqa: PLC0415 - from the tree under test
@@ -70,6 +66,9 @@ def main() -> None:
     parser.add_argument("trees", nargs="+")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    # Here, not at the top: bench.s3_suite imports objectstore, which a child must take from its TREE.
+    from bench.s3_suite import SeaweedFS  # noqa: PLC0415 - tests/s3server.py, put on the path there
+
     with SeaweedFS(Path(f"/tmp/keel-probe-{uuid.uuid4().hex[:6]}")) as s3:
         for _ in range(args.rounds):
             for tree in args.trees:
