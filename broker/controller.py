@@ -65,6 +65,8 @@ class Controller:
         self._lease_etag: str | None = None
         self._lease_valid_until = 0.0
         self._renewed_at = 0.0
+        self._lease_lock = asyncio.Lock()
+        self._renewer: asyncio.Task[None] | None = None
         self.assignments: Assignments | None = None
         self._assignments_etag: str | None = None
         self.wakeup = asyncio.Event()
@@ -75,7 +77,41 @@ class Controller:
     def active(self) -> bool:
         return self.lease is not None and time.monotonic() < self._lease_valid_until
 
+    def start(self) -> None:
+        """Renews the controller lease on its own schedule, as the membership renews the broker's.
+
+        Renewed only by the cluster round, the lease lapsed whenever a round took longer than the lease
+        less its margin: with 100 ms per store request, about a third of the time."""
+        self._renewer = asyncio.create_task(self._renew_loop(), name="keel-controller-lease")
+
+    async def _renew_loop(self) -> None:
+        interval = self.broker.settings.lease_renew_ms / 1000
+        next_start = time.monotonic() + interval
+        while True:
+            # Counted from the last start: a slow renewal is followed at once by the next one.
+            await asyncio.sleep(max(0.0, next_start - time.monotonic()))
+            next_start = time.monotonic() + interval
+            if not self._may_renew():
+                continue  # none held, or it lapsed: the cluster round takes it (back) or lets it go
+            async with self._lease_lock:
+                if not self._may_renew():
+                    continue
+                try:
+                    await self._renew(wall_ms())
+                except ObjectStoreError as exc:
+                    log.warning("controller lease renewal failed (%r); valid for %.2f s more", exc,
+                                max(0.0, self._lease_valid_until - time.monotonic()))
+
+    def _may_renew(self) -> bool:
+        broker = self.broker
+        return self.active and broker.membership.lease_valid() and not broker.leaving
+
     async def release(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
         if self.lease is not None and self.active:
             self.lease.expiry_ms = 0
             with contextlib.suppress(ObjectStoreError, ConflictError):  # it expires by itself anyway
@@ -84,14 +120,21 @@ class Controller:
 
     async def _hold_lease(self, brokers: dict[int, BrokerRegistration], now: int) -> bool:
         broker = self.broker
-        me = broker.settings.broker_id
-        incarnation = broker.membership.incarnation
         if not broker.membership.lease_valid() or broker.leaving:
             self.lease = None
             return False
+        if self.lease is not None and self.active and (
+                self._renewer is not None or time.monotonic() - self._renewed_at < broker.settings.lease_renew_ms / 1000):
+            return True
+        async with self._lease_lock:
+            return await self._take_lease(brokers, now)
+
+    async def _take_lease(self, brokers: dict[int, BrokerRegistration], now: int) -> bool:
+        """Renews the lease (no renewer runs), or takes it: back, or over from a holder whose lease ran out."""
+        broker = self.broker
+        me = broker.settings.broker_id
+        incarnation = broker.membership.incarnation
         if self.lease is not None and self.active:
-            if time.monotonic() - self._renewed_at < broker.settings.lease_renew_ms / 1000:
-                return True
             return await self._renew(now)
         current, etag = await self.cluster.read_controller()
         holder_live = False

@@ -129,6 +129,7 @@ class Broker:
         self.flusher = Flusher(self)
         self._flusher = asyncio.create_task(self.flusher.run(), name="keel-flusher")
         self._cluster_task = asyncio.create_task(self._cluster_loop(), name="keel-cluster")
+        self.controller.start()
         log.info("broker %d (incarnation %d): cluster %s, %d topics", self.settings.broker_id, incarnation,
                  self.cluster_id, len(self.topics))
 
