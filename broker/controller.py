@@ -163,9 +163,10 @@ class Controller:
 
     async def _renew(self, now: int) -> bool:
         """Extends the lease this broker holds, without reading it first (the ETag chains the writes)."""
-        assert self.lease is not None
+        held = self.lease
+        assert held is not None
         settings = self.broker.settings
-        lease = dataclasses.replace(self.lease, expiry_ms=now + settings.lease_ms)
+        lease = dataclasses.replace(held, expiry_ms=now + settings.lease_ms)
         sent = time.monotonic()
         try:
             self._lease_etag = await self.cluster.write_controller(lease, self._lease_etag)
@@ -173,6 +174,8 @@ class Controller:
             log.warning("controller lease lost")
             self.lease = None
             return False
+        if self.lease is not held:
+            return False  # given up while the write was on its way (the broker rejoined as a new incarnation)
         self.lease = lease
         self._renewed_at = sent
         self._lease_valid_until = sent + (settings.lease_ms - settings.lease_margin_ms) / 1000

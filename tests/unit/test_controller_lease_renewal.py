@@ -11,9 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from broker.config import Settings
+from broker.controller import Controller
 from broker.core import Broker
+from broker.membership import wall_ms
+from metadata.cluster import ClusterStore, ControllerLease
+from metadata.store import MetadataStore
 from objectstore.faults import FaultInjectingStore
 from objectstore.memory import MemoryObjectStore
 
@@ -53,3 +58,28 @@ async def test_the_controller_lease_holds_while_cluster_rounds_are_slow(tmp_path
     assert lapses == 0, f"the controller lease lapsed {lapses} times in {WATCH_S:g} s"
     assert without / samples < 0.05
     assert (after.broker_id, after.epoch) == (before.broker_id, before.epoch)
+
+
+async def test_a_renewal_that_lands_after_the_lease_was_given_up_does_not_bring_it_back() -> None:
+    """The broker's own lease lapsed while a controller renewal was on its way: the broker rejoins as a
+    new incarnation and drops the controller lease.  The renewal landing afterwards must not restore a
+    lease naming the old incarnation."""
+    cluster = ClusterStore(MetadataStore(MemoryObjectStore()))
+    controller = Controller(SimpleNamespace(cluster=cluster, settings=Settings()))  # type: ignore[arg-type]
+    lease = ControllerLease(broker_id=1, incarnation=4, epoch=7, expiry_ms=wall_ms() + 1000)
+    controller._lease_etag = await cluster.write_controller(lease, None)
+    controller.lease, controller._lease_valid_until = lease, time.monotonic() + 0.8
+    landed = asyncio.Event()
+    write = cluster.write_controller
+
+    async def slow_write(new: ControllerLease, etag: str | None) -> str:
+        await landed.wait()
+        return await write(new, etag)
+
+    cluster.write_controller = slow_write  # type: ignore[method-assign]
+    renewal = asyncio.create_task(controller._renew(wall_ms()))
+    await asyncio.sleep(0)
+    controller.lease = None  # what Broker._reincarnate does
+    landed.set()
+    assert await renewal is False
+    assert controller.lease is None and not controller.active
