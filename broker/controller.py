@@ -101,6 +101,8 @@ class Controller:
                 except ObjectStoreError as exc:
                     log.warning("controller lease renewal failed (%r); valid for %.2f s more", exc,
                                 max(0.0, self._lease_valid_until - time.monotonic()))
+                except Exception:  # noqa: BLE001 - a bug must not stop the renewals; the next one tries again
+                    log.exception("controller lease renewal failed")
 
     def _may_renew(self) -> bool:
         broker = self.broker
@@ -123,8 +125,9 @@ class Controller:
         if not broker.membership.lease_valid() or broker.leaving:
             self.lease = None
             return False
+        renewing = self._renewer is not None and not self._renewer.done()
         if self.lease is not None and self.active and (
-                self._renewer is not None or time.monotonic() - self._renewed_at < broker.settings.lease_renew_ms / 1000):
+                renewing or time.monotonic() - self._renewed_at < broker.settings.lease_renew_ms / 1000):
             return True
         async with self._lease_lock:
             return await self._take_lease(brokers, now)
