@@ -52,6 +52,11 @@ class LeaderStillLive(Exception):
         self.broker_id, self.incarnation, self.epoch = broker_id, incarnation, epoch
 
 
+def _holds(registration: BrokerRegistration | None, lease: ControllerLease, now_ms: int) -> bool:
+    """Whether the broker incarnation named by the controller lease is still alive."""
+    return registration is not None and registration.incarnation == lease.incarnation and registration.live(now_ms)
+
+
 def registration_wal(registration: BrokerRegistration) -> dict[str, object]:
     wal = registration.wal
     return wal_location(str(wal.get("engine")), str(wal.get("base")), registration.incarnation)
@@ -97,7 +102,7 @@ class Controller:
                 if not self._may_renew():
                     continue
                 try:
-                    await self._renew(wall_ms())
+                    await self._renew()
                 except ObjectStoreError as exc:
                     log.warning("controller lease renewal failed (%r); valid for %.2f s more", exc,
                                 max(0.0, self._lease_valid_until - time.monotonic()))
@@ -138,18 +143,22 @@ class Controller:
         me = broker.settings.broker_id
         incarnation = broker.membership.incarnation
         if self.lease is not None and self.active:
-            return await self._renew(now)
+            return await self._renew()
         current, etag = await self.cluster.read_controller()
-        holder_live = False
-        if current is not None and current.expiry_ms > now:
-            holder = brokers.get(current.broker_id)
-            holder_live = holder is not None and holder.incarnation == current.incarnation and holder.live(now)
         mine = current is not None and current.broker_id == me and current.incarnation == incarnation
+        holder_live = False
+        if current is not None and current.expiry_ms > now and not mine:
+            holder_live = _holds(brokers.get(current.broker_id), current, now)
+            if not holder_live:
+                # The round's registrations may be seconds old (this broker was frozen, or the store slow):
+                # taking a lease that has not run out on them deposed a live controller.  Read afresh.
+                fresh, _etag = await self.cluster.read_broker(current.broker_id)
+                holder_live = _holds(fresh, current, wall_ms())
         if holder_live and not mine:
             self.lease = None
             return False
         epoch = (current.epoch if current else 0) + (0 if mine else 1)
-        lease = ControllerLease(me, incarnation, epoch, now + broker.settings.lease_ms)
+        lease = ControllerLease(me, incarnation, epoch, wall_ms() + broker.settings.lease_ms)  # as it is sent
         sent = time.monotonic()
         try:
             self._lease_etag = await self.cluster.write_controller(lease, etag)
@@ -164,12 +173,12 @@ class Controller:
         self.lease = lease
         return True
 
-    async def _renew(self, now: int) -> bool:
+    async def _renew(self) -> bool:
         """Extends the lease this broker holds, without reading it first (the ETag chains the writes)."""
         held = self.lease
         assert held is not None
         settings = self.broker.settings
-        lease = dataclasses.replace(held, expiry_ms=now + settings.lease_ms)
+        lease = dataclasses.replace(held, expiry_ms=wall_ms() + settings.lease_ms)
         sent = time.monotonic()
         try:
             self._lease_etag = await self.cluster.write_controller(lease, self._lease_etag)
