@@ -1,9 +1,10 @@
-"""The controller lease is renewed on its own schedule, not only between cluster rounds.
+"""The controller lease: renewed on its own schedule, never brought back after it was given up, and never
+taken from a live holder on a stale view.
 
 Renewed by the cluster round alone, it lapsed whenever a round (registrations, topics, elections)
 took longer than the lease less its margin: on a store answering in 100-200 ms, 44-74 % of the time
 there was no controller, and among three brokers the controller changed 4-8 times in 10 s
-(docs/chaos.md).  Two brokers share one slow store here; the lease must hold and stay with one of them.
+(docs/chaos.md).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ WATCH_S = 3.0
 
 
 async def test_the_controller_lease_holds_while_cluster_rounds_are_slow(tmp_path: Path) -> None:
+    """Two brokers share one slow store; the lease must hold and stay with one of them."""
     shared = MemoryObjectStore()
     stores = [FaultInjectingStore(shared, seed=i) for i in range(2)]
     brokers = [Broker(Settings(data_dir=str(tmp_path / str(i)), wal="object", broker_id=i, port=0), store=store)
