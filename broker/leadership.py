@@ -53,6 +53,9 @@ MAX_PARALLEL_TAKEOVERS = 16
 # partition is served without the missing entries, which can only be right for entries never acknowledged
 # (a writer that died with an earlier PUT still in flight).
 REPLAY_GAP_PATIENCE_SECONDS = 10.0
+# A hand-over waits for the partition's writes still on their way to the WAL; if none lands for this long
+# (a slow store), it leaves the partition serving and the next round asks again.
+HAND_OVER_PATIENCE_SECONDS = 1.0
 
 
 class ReplayGap(Exception):
@@ -269,10 +272,14 @@ class Leadership:
                 waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 plog.waiters.append(waiter)
                 try:
-                    await asyncio.wait_for(waiter, 1.0)
+                    await asyncio.wait_for(waiter, HAND_OVER_PATIENCE_SECONDS)
                 except TimeoutError:
                     if broker.membership.lease_valid():
-                        raise
+                        log.warning("%s-%d: hand-over to broker %d postponed: %d writes on their way to the WAL, "
+                                    "none landed for %.1f s; the partition keeps serving", plog.topic.name,
+                                    plog.partition, target_id, len(plog.pending), HAND_OVER_PATIENCE_SECONDS)
+                        plog.handing_over = False
+                        return
             if plog.resigned:
                 return
             batches = plog.unflushed_batches()

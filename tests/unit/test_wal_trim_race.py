@@ -10,12 +10,14 @@ from the moment they are submitted.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from broker import leadership as leadership_module
 from broker.config import Settings
 from broker.core import AppendResult, Broker
 from broker.flusher import Flusher
@@ -129,4 +131,23 @@ async def test_a_hand_over_caught_in_a_lease_lapse_gives_up_quietly(tmp_path: Pa
     await asyncio.wait_for(broker.leadership.hand_over(plog, 1), 0.5)  # no TimeoutError, and at once
     assert not plog.handing_over and not plog.resigned
     assert await broker.meta.load_manifest(TOPIC.topic_id, 0) == stored_before  # still ours: no epoch bump
+    wal.release()
+
+
+async def test_a_hand_over_waiting_on_a_slow_wal_is_postponed_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Chaos run 2026-12-04 05:42 (seed 3589986244): a hand-over waited on a WAL PUT that SeaweedFS kept
+    refusing with 503 SlowDown and ended as an ERROR with a traceback; the next round's retry succeeded.
+    It is expected under a slow store: one warning, the partition left serving, nothing moved."""
+    monkeypatch.setattr(leadership_module, "HAND_OVER_PATIENCE_SECONDS", 0.05, raising=False)
+    broker, wal, plog = await leader_with_one_batch_in_the_window(tmp_path)
+    broker.cluster_brokers = {1: SimpleNamespace(broker_id=1, incarnation=1)}  # type: ignore[dict-item]
+    stored_before = await broker.meta.load_manifest(TOPIC.topic_id, 0)
+    with caplog.at_level(logging.INFO, logger="keel.leadership"):
+        await asyncio.wait_for(broker.leadership.hand_over(plog, 1), 3.0)  # no TimeoutError from inside
+    [record] = [r for r in caplog.records if r.name == "keel.leadership"]
+    assert record.levelno == logging.WARNING and "postponed" in record.getMessage()
+    assert not plog.handing_over and not plog.resigned
+    assert await broker.meta.load_manifest(TOPIC.topic_id, 0) == stored_before
     wal.release()
