@@ -11,9 +11,16 @@ from types import SimpleNamespace
 
 import pytest
 
+from broker.config import Settings
 from broker.controller import Controller, LeaderStillLive
 from broker.membership import wall_ms
-from metadata.cluster import Assignments, BrokerRegistration, ClusterStore, PartitionAssignment
+from metadata.cluster import (
+    Assignments,
+    BrokerRegistration,
+    ClusterStore,
+    ControllerLease,
+    PartitionAssignment,
+)
 from metadata.store import Manifest, MetadataStore, TopicRecord
 from objectstore.memory import MemoryObjectStore
 
@@ -114,3 +121,26 @@ async def test_an_assignment_behind_the_manifest_is_corrected() -> None:
     assert stored.partitions[key] == PartitionAssignment(3, 9, 5)
     manifest, _etag = await meta.load_manifest(TOPIC.topic_id, 0)
     assert (manifest.leader, manifest.leader_epoch) == (3, 9)
+
+
+async def test_a_stale_view_of_the_holder_does_not_depose_a_live_controller() -> None:
+    """Chaos run 2026-12-04 04:27 (seed 120412027): broker 2 resumed from a 3.2 s SIGSTOP, rejoined, and
+    took the controller lease from broker 3, which was renewing it, because the registrations its round
+    had read before the freeze showed broker 3 expired.  A second broker then deposed broker 2 the same
+    way (its view still named broker 2's previous incarnation): three controllers in 130 ms."""
+    cluster = ClusterStore(MetadataStore(MemoryObjectStore()))
+    holder_etag = await cluster.write_broker(registration(3, 1, wall_ms() + 1000), None)
+    await cluster.write_controller(ControllerLease(broker_id=3, incarnation=1, epoch=2, expiry_ms=wall_ms() + 1000),
+                                   None)
+    me = SimpleNamespace(incarnation=3, lease_valid=lambda: True)
+    controller = Controller(SimpleNamespace(cluster=cluster, settings=Settings(broker_id=2), membership=me,
+                                            leaving=False))  # type: ignore[arg-type]
+    stale = {3: registration(3, 1, wall_ms() - 2000), 2: registration(2, 3, wall_ms() + 1000)}
+    assert await controller._take_lease(stale, wall_ms()) is False
+    current, _etag = await cluster.read_controller()
+    assert current is not None and (current.broker_id, current.epoch) == (3, 2)
+    # Once a fresh read shows the holder gone, the lease is taken at once, without waiting for it to run out.
+    await cluster.write_broker(registration(3, 1, wall_ms() - 1), holder_etag)
+    assert await controller._take_lease(stale, wall_ms()) is True
+    current, _etag = await cluster.read_controller()
+    assert current is not None and (current.broker_id, current.incarnation, current.epoch) == (2, 3, 3)

@@ -140,7 +140,7 @@ async def test_a_hand_over_waiting_on_a_slow_wal_is_postponed_with_a_warning(
     """Chaos run 2026-12-04 05:42 (seed 3589986244): a hand-over waited on a WAL PUT that SeaweedFS kept
     refusing with 503 SlowDown and ended as an ERROR with a traceback; the next round's retry succeeded.
     It is expected under a slow store: one warning, the partition left serving, nothing moved."""
-    monkeypatch.setattr(leadership_module, "HAND_OVER_PATIENCE_SECONDS", 0.05, raising=False)
+    monkeypatch.setattr(leadership_module, "HAND_OVER_PATIENCE_SECONDS", 0.05)
     broker, wal, plog = await leader_with_one_batch_in_the_window(tmp_path)
     broker.cluster_brokers = {1: SimpleNamespace(broker_id=1, incarnation=1)}  # type: ignore[dict-item]
     stored_before = await broker.meta.load_manifest(TOPIC.topic_id, 0)
