@@ -29,7 +29,7 @@ class Settings:
     auto_create_topics: bool = field(default=True, metadata={"help": "create unknown topics on Metadata/Produce"})
     default_partitions: int = field(default=1, metadata={"help": "partitions of auto-created topics"})
     max_request_bytes: int = field(default=100 * MiB, metadata={"help": "largest request frame accepted"})
-    connection_inflight_bytes: int = field(default=8 * MiB, metadata={"help": "request bytes one connection may have read but not yet answered; a client past it is read again once answers go out (keeps one bulk producer from queueing tens of MB ahead of everyone else's writes)"})
+    request_queue_bytes: int = field(default=8 * MiB, metadata={"help": "request bytes all connections together may have read and not yet answered before a connection that already awaits an answer has its next large request (64 KiB or more) left unread; a connection awaiting nothing is always read (keeps bulk producers from queueing tens of MB ahead of everyone else's writes)"})
     max_message_bytes: int = field(default=8 * MiB, metadata={"help": "largest record batch accepted (topic default)"})
     wal_segment_bytes: int = field(default=64 * MiB, metadata={"help": "size at which the file WAL rolls to a new file"})
     wal_fsync: bool = field(default=True, metadata={"help": "fsync the WAL before acknowledging (never turn off in production)"})

@@ -5,7 +5,10 @@ the WAL while the next one is sequenced) but answered strictly in arrival
 order, as Kafka clients require.  At most ``MAX_IN_FLIGHT`` requests per
 connection, and ``MAX_INFLIGHT_BYTES`` of request frames over all
 connections, are in progress; beyond that sockets are not read, which pushes
-back on clients and bounds memory.  A frame larger than ``max_request_bytes``, a
+back on clients and bounds memory.  A softer bound keeps the WAL queue short:
+past ``request_queue_bytes`` in progress, a connection that already awaits an
+answer has its next large request left unread, while one awaiting nothing is
+always read.  A frame larger than ``max_request_bytes``, a
 header or body that does not decode, or an unknown API key closes the
 connection; nothing a client sends can take the broker down.
 """
@@ -28,6 +31,7 @@ from protocol.schema import is_flexible, request_codec, response_codec
 log = logging.getLogger("keel.server")
 MAX_IN_FLIGHT = 32
 MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
+SMALL_REQUEST_BYTES = 64 * 1024  # never held back by request_queue_bytes: metadata, fetches, heartbeats, single records
 READ_CHUNK = 1024 * 1024
 CLOSE = object()  # a handler's verdict: close this connection
 API_VERSIONS_KEY = 18
@@ -39,16 +43,25 @@ class KafkaServer:
         self.settings = broker.settings
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
-        # Bytes of requests read but not yet answered, over all connections: bounds memory.
+        # Bytes of requests read but not yet answered, over all connections: bounds memory and the WAL queue.
         self._inflight_bytes = 0
         self._inflight_limit = max(self.settings.max_request_bytes, MAX_INFLIGHT_BYTES)
         self._inflight_freed = asyncio.Event()
+        self._queue_limit = self.settings.request_queue_bytes
 
     async def _reserve(self, size: int) -> None:
         while self._inflight_bytes and self._inflight_bytes + size > self._inflight_limit:
             self._inflight_freed.clear()
             await self._inflight_freed.wait()
         self._inflight_bytes += size
+
+    async def _admit(self, awaiting: _Awaiting, size: int) -> None:
+        """Holds back a large request of a connection that already awaits answers while ``request_queue_bytes``
+        are in progress.  The WAL acknowledges in the order it was given data, so everything read is queued
+        ahead of the next client's write: this bounds that queue however many bulk producers pipeline."""
+        while awaiting.bytes and size >= SMALL_REQUEST_BYTES and self._inflight_bytes >= self._queue_limit:
+            self._inflight_freed.clear()
+            await self._inflight_freed.wait()
 
     async def _read_frame(self, reader: asyncio.StreamReader, size: int) -> bytes:
         """Reads a frame, reserving memory only for bytes that actually arrive: a client that declares
@@ -105,19 +118,19 @@ class KafkaServer:
         queue: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(MAX_IN_FLIGHT)
         sender = asyncio.create_task(self._send_loop(queue, writer, peer))
         limit = self.settings.max_request_bytes
-        window = _ConnectionWindow(self.settings.connection_inflight_bytes)
+        awaiting = _Awaiting()
         try:
             while not sender.done():
-                await window.wait_for_room()
                 size_bytes = await reader.readexactly(4)
                 (size,) = SIZE.unpack(size_bytes)
                 if size < 8 or size > limit:
                     log.warning("closing %s: request frame of %d bytes (allowed 8..%d)", peer, size, limit)
                     break
+                await self._admit(awaiting, size)
                 frame = await self._read_frame(reader, size)
                 task = asyncio.create_task(self._handle(memoryview(frame), peer))
-                window.add(size)
-                task.add_done_callback(lambda _t, n=size: (self._release(n), window.release(n)))
+                awaiting.bytes += size
+                task.add_done_callback(lambda _t, n=size: (self._release(n), awaiting.release(n)))
                 await queue.put(task)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -202,26 +215,13 @@ class KafkaServer:
         return finish_response(out)
 
 
-class _ConnectionWindow:
-    """Bytes of one connection's requests that were read and are not answered yet.
+class _Awaiting:
+    """Bytes of one connection's requests that were read and are not answered yet."""
 
-    Requests of one connection are handled concurrently, so that a pipelining producer's batches share
-    WAL writes.  But the WAL acknowledges in the order it was given data, so everything one bulk producer
-    has in flight is queued ahead of every other client's next write; this bounds that queue per client."""
+    __slots__ = ("bytes",)
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self) -> None:
         self.bytes = 0
-        self._freed = asyncio.Event()
-
-    async def wait_for_room(self) -> None:
-        while self.bytes >= self.limit:
-            self._freed.clear()
-            await self._freed.wait()
-
-    def add(self, size: int) -> None:
-        self.bytes += size
 
     def release(self, size: int) -> None:
         self.bytes -= size
-        self._freed.set()

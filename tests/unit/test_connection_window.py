@@ -1,7 +1,8 @@
-"""One connection may have only ``connection_inflight_bytes`` of requests read and not yet answered.
+"""Past ``request_queue_bytes`` of requests read and not yet answered, over all connections, a connection
+that already awaits an answer has its next large request left unread; one that awaits nothing is always read.
 
-The WAL acknowledges in the order it was given data, so without this bound one pipelining bulk producer
-queues everything it has in flight ahead of every other client's writes (docs/performance.md)."""
+The WAL acknowledges in the order it was given data, so without this bound pipelining bulk producers
+queue everything they have in flight ahead of every other client's writes (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -11,30 +12,33 @@ from types import SimpleNamespace
 from typing import Any
 
 from broker.config import Settings
-from broker.server import KafkaServer
+from broker.server import SMALL_REQUEST_BYTES, KafkaServer
 
-FRAME = 20_000
-WINDOW = 64 * 1024
+FRAME = 100_000
+SMALL_FRAME = 20_000
+QUEUE = 256 * 1024
+assert SMALL_FRAME < SMALL_REQUEST_BYTES <= FRAME
 
 
-async def _server(monkeypatch: Any) -> tuple[KafkaServer, list[bytes], asyncio.Event]:
-    settings = Settings(host="127.0.0.1", port=0, connection_inflight_bytes=WINDOW)
+async def _server(monkeypatch: Any) -> tuple[KafkaServer, list[int], asyncio.Event, int]:
+    settings = Settings(host="127.0.0.1", port=0, request_queue_bytes=QUEUE)
     server = KafkaServer(SimpleNamespace(settings=settings))  # type: ignore[arg-type]
-    handled: list[bytes] = []
+    handled: list[int] = []
     answer = asyncio.Event()
 
     async def handle(frame: memoryview, peer: str) -> None:
-        handled.append(bytes(frame[:8]))
+        handled.append(struct.unpack_from(">q", frame)[0])
         await answer.wait()
         return None  # no response, like a produce with acks=0
 
     monkeypatch.setattr(server, "_handle", handle)
     await server.start()
-    return server, handled, answer
+    port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return server, handled, answer, port
 
 
-def _frame(tag: int) -> bytes:
-    return struct.pack(">i", FRAME) + struct.pack(">q", tag) + bytes(FRAME - 8)
+def _frame(tag: int, size: int = FRAME) -> bytes:
+    return struct.pack(">i", size) + struct.pack(">q", tag) + bytes(size - 8)
 
 
 async def _until(predicate: Any, timeout: float = 5.0) -> None:
@@ -44,26 +48,59 @@ async def _until(predicate: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_connection_past_its_window_is_not_read_until_answers_free_it(monkeypatch: Any) -> None:
-    server, handled, answer = await _server(monkeypatch)
-    port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    bulk_reader, bulk = await asyncio.open_connection("127.0.0.1", port)
-    other_reader, other = await asyncio.open_connection("127.0.0.1", port)
+async def _connect(port: int) -> asyncio.StreamWriter:
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    return writer
+
+
+async def test_a_connection_past_the_queue_bound_is_not_read_until_answers_free_it(monkeypatch: Any) -> None:
+    server, handled, answer, port = await _server(monkeypatch)
+    bulk, other = await _connect(port), await _connect(port)
     try:
         bulk.write(b"".join(_frame(i) for i in range(10)))
-        await bulk.drain()
-        within = -(-WINDOW // FRAME)  # read until the window is reached: 4 frames of 20,000 bytes
+        within = -(-QUEUE // FRAME)  # read until the bound is reached: 3 frames of 100,000 bytes
         await _until(lambda: len(handled) == within)
         await asyncio.sleep(0.2)
-        assert len(handled) == within  # the other 6 wait in the socket
+        assert len(handled) == within  # the other 7 wait in the socket
 
-        other.write(_frame(100))  # another client is read meanwhile
-        await _until(lambda: struct.pack(">q", 100) in handled)
+        other.write(_frame(100))  # a client awaiting nothing is read meanwhile, large request or not
+        await _until(lambda: 100 in handled)
 
         answer.set()  # answers go out: the rest of the bulk connection is read
         await _until(lambda: len(handled) == 11)
-        assert sorted(struct.unpack(">q", h)[0] for h in handled) == [*range(10), 100]
+        assert sorted(handled) == [*range(10), 100]
     finally:
+        answer.set()
         bulk.close()
         other.close()
+        await server.stop()
+
+
+async def test_bulk_connections_share_one_bound_and_small_requests_pass(monkeypatch: Any) -> None:
+    server, handled, answer, port = await _server(monkeypatch)
+    first, second, paced = await _connect(port), await _connect(port), await _connect(port)
+    try:
+        first.write(b"".join(_frame(i) for i in range(10)))
+        await _until(lambda: len(handled) == 3)
+        second.write(b"".join(_frame(10 + i) for i in range(10)))
+        await _until(lambda: 10 in handled)  # awaiting nothing: its first request is read
+        await asyncio.sleep(0.2)
+        # One bound for all: a per-connection window would have let the second read 3 frames too.
+        assert sorted(handled) == [0, 1, 2, 10]
+
+        paced.write(_frame(20, SMALL_FRAME))
+        await _until(lambda: 20 in handled)
+        paced.write(_frame(21, SMALL_FRAME))  # awaits an answer, but a small request is never held back
+        await _until(lambda: 21 in handled)
+        paced.write(_frame(22))  # a large one is, while the bound is exceeded
+        await asyncio.sleep(0.2)
+        assert 22 not in handled
+
+        answer.set()
+        await _until(lambda: len(handled) == 23)
+        assert sorted(handled) == [*range(23)]
+    finally:
+        answer.set()
+        for writer in (first, second, paced):
+            writer.close()
         await server.stop()
