@@ -17,6 +17,7 @@ replayed come from its log line ``N batches replayed``.  See docs/benchmarks.md.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -39,7 +40,7 @@ from bench import workload
 from bench.broker_proc import BrokerProcess
 from bench.report import Figure
 from bench.suite_common import SuiteResult, join_notes, pct_ms, say
-from broker.config import Settings
+from broker.config import build_parser, load_settings
 from objectstore.localfs import LocalFSObjectStore
 
 BROKER_IDS = (1, 2, 3)
@@ -144,12 +145,12 @@ def orphan_bytes(snap: StoreSnapshot) -> int:
 
 
 class _Cluster:
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, extra_args: list[str]) -> None:
         self.objects_dir = work_dir / "objects"
         self.objects_dir.mkdir(parents=True, exist_ok=True)
         self.brokers = {
             i: BrokerProcess(work_dir / f"broker{i}", work_dir / f"broker{i}.log",
-                             ["--broker-id", str(i), "--objects-dir", str(self.objects_dir)])
+                             ["--broker-id", str(i), "--objects-dir", str(self.objects_dir), *extra_args])
             for i in BROKER_IDS}
 
     def start(self) -> None:
@@ -193,12 +194,15 @@ def _settle(admin_for: Any, topic: str, writer: _Writer, quiet_s: float, timeout
 
 def run(args: Any, work_dir: Path) -> SuiteResult:
     res = SuiteResult("failover")
-    defaults = Settings()
-    lease = {k: getattr(defaults, k) for k in ("lease_ms", "lease_renew_ms", "lease_margin_ms",
-                                                "controller_interval_ms")}
+    parser = build_parser(argparse.ArgumentParser())
+    effective = load_settings(parser.parse_args(list(args.broker_arg)), env={})  # defaults and --broker-arg
+    lease = {k: getattr(effective, k) for k in ("lease_ms", "lease_renew_ms", "lease_margin_ms",
+                                                 "controller_interval_ms")}
     res.meta["failover_lease_settings"] = lease
+    if args.broker_arg:
+        res.meta["failover_broker_args"] = list(args.broker_arg)
     topic = f"bench-{uuid.uuid4().hex[:8]}-failover"
-    cluster = _Cluster(work_dir)
+    cluster = _Cluster(work_dir, list(args.broker_arg))
     times: list[float] = []
     copied: list[int] = []
     seg_bytes: list[int] = []

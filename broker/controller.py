@@ -40,8 +40,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("keel.controller")
 MAX_MOVES_PER_ROUND = 8
-# Manifests compared with the published assignment per controller round, in turn over all partitions.
+# Manifests compared with the published assignment per controller round, in turn over all partitions:
+# a tenth of them, so that each is read about once a second, but at least one and at most AUDITS_PER_ROUND.
 AUDITS_PER_ROUND = 4
+AUDIT_CYCLE_ROUNDS = 10
 
 
 class LeaderStillLive(Exception):
@@ -277,7 +279,8 @@ class Controller:
         if not keys:
             return False
         changed = False
-        for i in range(min(AUDITS_PER_ROUND, len(keys))):
+        audits = min(AUDITS_PER_ROUND, -(-len(keys) // AUDIT_CYCLE_ROUNDS))
+        for i in range(audits):
             key = keys[(self._audit_cursor + i) % len(keys)]
             a = assignments.partitions.get(key)
             if a is None or a.moving_to >= 0:
@@ -290,7 +293,7 @@ class Controller:
                          "publishing the manifest's", key, a.leader, a.epoch, manifest.leader, manifest.leader_epoch)
                 assignments.partitions[key] = stored
                 changed = True
-        self._audit_cursor = (self._audit_cursor + AUDITS_PER_ROUND) % len(keys)
+        self._audit_cursor = (self._audit_cursor + audits) % len(keys)
         return changed
 
     async def _lease_over(self, broker_id: int, incarnation: int) -> bool:

@@ -50,7 +50,7 @@ from wal.reader import wal_location
 
 log = logging.getLogger("keel.broker")
 
-TOPIC_REFRESH_ROUNDS = 10
+LIST_EVERY_ROUNDS = 10  # topics and broker registrations are listed every 10th cluster round
 LEADER_WAIT_POLL_SECONDS = 0.01
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 PRODUCER_ID_BLOCK = 1000
@@ -141,9 +141,12 @@ class Broker:
         sweep: asyncio.Task[None] | None = None
         while not self.stopping:
             try:
-                self.cluster_brokers = await self.cluster.read_brokers()
+                listing = rounds % LIST_EVERY_ROUNDS == 0
+                # In between, only the known registrations are read: their leases are what must be seen at once.
+                known = None if listing or not self.cluster_brokers else list(self.cluster_brokers)
+                self.cluster_brokers = await self.cluster.read_brokers(known)
                 self.peer_watch.update(self.cluster_brokers)
-                if rounds % TOPIC_REFRESH_ROUNDS == 0 or self._topics_dirty:
+                if listing or self._topics_dirty:
                     self._topics_dirty = False
                     await self.refresh_topics()
                 if self.membership.fenced:

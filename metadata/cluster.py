@@ -13,7 +13,9 @@ by the margin the settings give.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -82,17 +84,27 @@ class ClusterStore:
         return await self.meta.conditional_put(self._broker_key(registration.broker_id),
                                                json.dumps(asdict(registration)).encode(), etag)
 
-    async def read_brokers(self) -> dict[int, BrokerRegistration]:
+    async def read_brokers(self, known: Iterable[int] | None = None) -> dict[int, BrokerRegistration]:
+        """Every registration: one LIST, then a GET each.  With ``known``, only those brokers' registrations,
+        without the LIST: AWS prices a LIST like a PUT, 12.5 times a GET, and a cluster round that runs ten
+        times a second needs to see a known broker's lease at once, not a newly registered broker."""
+        if known is None:
+            listed = await self.store.list(self.meta.key("meta", "brokers") + "/")
+            keys = [info.key for info in listed if info.key.endswith(".json")]
+        else:
+            keys = [self._broker_key(broker_id) for broker_id in known]
         brokers = {}
-        for info in await self.store.list(self.meta.key("meta", "brokers") + "/"):
-            if not info.key.endswith(".json"):
-                continue
-            try:
-                registration = BrokerRegistration(**json.loads(await self.store.get(info.key)))
-            except NotFound:
-                continue
-            brokers[registration.broker_id] = registration
+        for data in await asyncio.gather(*(self._read_registration(key) for key in keys)):
+            if data is not None:
+                registration = BrokerRegistration(**json.loads(data))
+                brokers[registration.broker_id] = registration
         return brokers
+
+    async def _read_registration(self, key: str) -> bytes | None:
+        try:
+            return await self.store.get(key)
+        except NotFound:  # the broker left
+            return None
 
     async def read_controller(self) -> tuple[ControllerLease | None, str | None]:
         try:

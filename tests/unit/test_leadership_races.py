@@ -84,7 +84,7 @@ async def test_a_cluster_round_the_store_fails_is_a_warning_and_the_loop_goes_on
     broker = Broker(Settings(data_dir=str(tmp_path), controller_interval_ms=1), store=MemoryObjectStore())
     rounds = 0
 
-    async def read_brokers_failing() -> list[BrokerRegistration]:
+    async def read_brokers_failing(_known: object = None) -> list[BrokerRegistration]:
         nonlocal rounds
         rounds += 1
         broker.stopping = rounds >= 2
