@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from broker.membership import wall_ms
+from broker.membership import renew_every, wall_ms
 from metadata.cluster import Assignments, BrokerRegistration, ControllerLease, PartitionAssignment
 from metadata.store import ConflictError, TopicRecord
 from objectstore.base import ObjectStoreError
@@ -92,24 +92,21 @@ class Controller:
         self._renewer = asyncio.create_task(self._renew_loop(), name="keel-controller-lease")
 
     async def _renew_loop(self) -> None:
-        interval = self.broker.settings.lease_renew_ms / 1000
-        next_start = time.monotonic() + interval
-        while True:
-            # Counted from the last start: a slow renewal is followed at once by the next one.
-            await asyncio.sleep(max(0.0, next_start - time.monotonic()))
-            next_start = time.monotonic() + interval
+        await renew_every(self.broker.settings.lease_renew_ms / 1000, self._renew_if_held)
+
+    async def _renew_if_held(self) -> None:
+        if not self._may_renew():
+            return  # none held, or it lapsed: the cluster round takes it (back) or lets it go
+        async with self._lease_lock:
             if not self._may_renew():
-                continue  # none held, or it lapsed: the cluster round takes it (back) or lets it go
-            async with self._lease_lock:
-                if not self._may_renew():
-                    continue
-                try:
-                    await self._renew()
-                except ObjectStoreError as exc:
-                    log.warning("controller lease renewal failed (%r); valid for %.2f s more", exc,
-                                max(0.0, self._lease_valid_until - time.monotonic()))
-                except Exception:  # noqa: BLE001 - a bug must not stop the renewals; the next one tries again
-                    log.exception("controller lease renewal failed")
+                return
+            try:
+                await self._renew()
+            except ObjectStoreError as exc:
+                log.warning("controller lease renewal failed (%r); valid for %.2f s more", exc,
+                            max(0.0, self._lease_valid_until - time.monotonic()))
+            except Exception:  # noqa: BLE001 - a bug must not stop the renewals; the next one tries again
+                log.exception("controller lease renewal failed")
 
     def _may_renew(self) -> bool:
         broker = self.broker

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from broker.config import Settings
@@ -27,6 +28,17 @@ log = logging.getLogger("keel.membership")
 
 def wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def renew_every(interval: float, renew: Callable[[], Awaitable[None]],
+                      go_on: Callable[[], bool] = lambda: True) -> None:
+    """Calls ``renew`` every ``interval`` seconds while ``go_on()``, counted from the last start, not the last
+    finish: a slow renewal is followed at once by the next one instead of costing the lease a further interval."""
+    next_start = time.monotonic() + interval
+    while go_on():
+        await asyncio.sleep(max(0.0, next_start - time.monotonic()))
+        next_start = time.monotonic() + interval
+        await renew()
 
 
 class Membership:
@@ -99,14 +111,7 @@ class Membership:
         self._task = asyncio.create_task(self._renew_loop(), name="keel-lease")
 
     async def _renew_loop(self) -> None:
-        interval = self.settings.lease_renew_ms / 1000
-        next_start = time.monotonic() + interval
-        while not self.fenced:
-            # Counted from the last start, not the last finish: a slow renewal is followed at once by the
-            # next one instead of costing the lease a further interval.
-            await asyncio.sleep(max(0.0, next_start - time.monotonic()))
-            next_start = time.monotonic() + interval
-            await self.renew()
+        await renew_every(self.settings.lease_renew_ms / 1000, self.renew, lambda: not self.fenced)
 
     async def renew(self, leaving: bool | None = None) -> None:
         async with self._write_lock:

@@ -74,9 +74,12 @@ class ClusterStore:
         return self.meta.key("meta", "brokers", f"{broker_id}.json")
 
     async def read_broker(self, broker_id: int) -> tuple[BrokerRegistration | None, str | None]:
+        return await self._read_registration(self._broker_key(broker_id))
+
+    async def _read_registration(self, key: str) -> tuple[BrokerRegistration | None, str | None]:
         try:
-            data, etag = await self.store.get_with_etag(self._broker_key(broker_id))
-        except NotFound:
+            data, etag = await self.store.get_with_etag(key)
+        except NotFound:  # never registered, or left
             return None, None
         return BrokerRegistration(**json.loads(data)), etag
 
@@ -93,18 +96,8 @@ class ClusterStore:
             keys = [info.key for info in listed if info.key.endswith(".json")]
         else:
             keys = [self._broker_key(broker_id) for broker_id in known]
-        brokers = {}
-        for data in await asyncio.gather(*(self._read_registration(key) for key in keys)):
-            if data is not None:
-                registration = BrokerRegistration(**json.loads(data))
-                brokers[registration.broker_id] = registration
-        return brokers
-
-    async def _read_registration(self, key: str) -> bytes | None:
-        try:
-            return await self.store.get(key)
-        except NotFound:  # the broker left
-            return None
+        read = await asyncio.gather(*(self._read_registration(key) for key in keys))
+        return {registration.broker_id: registration for registration, _etag in read if registration is not None}
 
     async def read_controller(self) -> tuple[ControllerLease | None, str | None]:
         try:
