@@ -413,6 +413,11 @@ class Broker:
         return live[zlib.crc32(group_id.encode()) % len(live)]
 
     def coordinates(self, group_id: str) -> bool:
+        if not self.membership.lease_valid():
+            # Frozen or cut off past its lease: its copies of the others' leases have run out, so it would
+            # see itself as the only live broker and take every group, while another broker coordinates
+            # them.  A commit it took then could overwrite a later one (a lost commit, seen in a chaos run).
+            return False
         coordinator = self.coordinator_for(group_id)
         return coordinator is not None and coordinator.broker_id == self.settings.broker_id
 

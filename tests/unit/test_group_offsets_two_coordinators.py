@@ -7,11 +7,17 @@ by the other, which answered OffsetFetch from offsets it had read earlier.
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from broker.config import Settings
+from broker.core import Broker
 from broker.group_coordinator import CommittedOffset, GroupCoordinator
+from broker.membership import wall_ms
+from metadata.cluster import BrokerRegistration
 from metadata.store import GroupOffsetsStore, MetadataStore
 from objectstore.base import TransientError
 from objectstore.memory import MemoryObjectStore
@@ -91,3 +97,23 @@ async def test_a_failed_retry_after_a_conflict_leaves_no_stale_view(monkeypatch:
     await second.load(GROUP, fresh=True)
     assert second.committed(GROUP)[other].offset == 5  # and not overwritten by the next commit
     assert second.committed(GROUP)[KEY].offset == 30
+
+
+async def test_a_broker_past_its_lease_coordinates_no_group(tmp_path: Path) -> None:
+    """Short chaos run of 2026-12-04 (seed 3544641404, lost_commits=6): a broker resumed from a 3.9 s
+    SIGSTOP and, before its cluster round ran, took a commit that had waited in its socket.  Its copies of
+    the other leases had run out, so it saw itself as the only live broker and the group's coordinator;
+    the commit, stamped with the time it was taken, overwrote a later one the real coordinator had
+    confirmed."""
+    broker = Broker(Settings(data_dir=str(tmp_path), broker_id=1), store=MemoryObjectStore())
+    await broker.membership.register()
+    other = BrokerRegistration(broker_id=2, host="127.0.0.1", port=9094, incarnation=1,
+                               lease_expiry_ms=wall_ms() + 60_000)
+    broker.cluster_brokers = {2: other}
+    groups = [f"group-{i}" for i in range(8)]
+    mine = [g for g in groups if broker.coordinates(g)]
+    assert mine and len(mine) < len(groups)  # shared with broker 2
+
+    other.lease_expiry_ms = wall_ms() - 1  # the copy as it looks after a long freeze
+    broker.membership._valid_until = time.monotonic() - 0.001
+    assert not [g for g in groups if broker.coordinates(g)]
