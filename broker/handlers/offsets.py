@@ -26,9 +26,11 @@ def _topic_name(ctx: RequestContext, topic: Message) -> str | None:
 async def offset_commit(ctx: RequestContext, request: Message) -> Message:
     broker = ctx.broker
     group_id = request["group_id"]
+    # Stamped before anything is awaited: commits merge by this time, and a broker frozen while it loads
+    # the group must not stamp an old commit with the time it resumed.
+    now_ms = int(time.time() * 1000)
     error = await coordinated(ctx, group_id) or broker.groups.validate_commit(group_id, request["generation_id_or_member_epoch"],
                                           request["member_id"], request.get("group_instance_id"))
-    now_ms = int(time.time() * 1000)
     accepted: dict[tuple[str, int], CommittedOffset] = {}
     results: list[tuple[Message, list[tuple[int, ErrorCode]]]] = []
     for topic in request["topics"]:
