@@ -27,6 +27,7 @@ from broker.leadership import Leadership
 from broker.membership import Membership, wall_ms
 from broker.partition_log import PartitionLog, TailBatch
 from broker.peer_watch import PeerWatch
+from broker.registration_reads import due_for_reading, responsive_cutoff_ms
 from broker.retention import retention_start
 from broker.segment_reader import SegmentReader
 from broker.storage import build_object_store, build_wal, remove_old_wals, wal_base
@@ -142,10 +143,7 @@ class Broker:
         while not self.stopping:
             try:
                 listing = rounds % LIST_EVERY_ROUNDS == 0
-                # In between, only the known registrations are read: their leases are what must be seen at once.
-                known = None if listing or not self.cluster_brokers else list(self.cluster_brokers)
-                self.cluster_brokers = await self.cluster.read_brokers(known)
-                self.peer_watch.update(self.cluster_brokers)
+                await self._read_registrations(listing)
                 if listing or self._topics_dirty:
                     self._topics_dirty = False
                     await self.refresh_topics()
@@ -174,6 +172,22 @@ class Broker:
             self.controller.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.controller.wakeup.wait(), interval)
+
+    async def _read_registrations(self, listing: bool) -> None:
+        """Refreshes ``cluster_brokers``: the registrations that are due (``registration_reads``), and,
+        every ``LIST_EVERY_ROUNDS`` rounds, a listing that finds brokers that registered or left since."""
+        me = self.settings.broker_id
+        copies = self.cluster_brokers
+        listed = await self.cluster.list_brokers() if listing or not copies else None
+        due = due_for_reading(copies, self.settings, wall_ms(), me=me, every=self.controller.active, listed=listed)
+        read = await self.cluster.read_brokers(due)
+        kept = {b: copy for b, copy in copies.items() if b not in due and b != me and (listed is None or b in listed)}
+        fresh = kept | read
+        own = self.membership.registration
+        if own is not None:
+            fresh[me] = own  # renewed in place by the membership: never older than a read would be
+        self.cluster_brokers = dict(sorted(fresh.items()))
+        self.peer_watch.update(self.cluster_brokers)
 
     async def _reincarnate(self) -> None:
         """The lease lapsed (renewals too slow, or the process was frozen): other brokers may already
@@ -386,9 +400,7 @@ class Broker:
         retrying a dead connection, while LEADER_NOT_AVAILABLE makes them poll metadata quickly until
         the controller has moved its partitions (once the lease has run out).  A broker whose port closed
         (``PeerWatch``: its process is gone) is left out at once."""
-        now = wall_ms()
-        settings = self.settings
-        recent = now + settings.lease_ms - max(3 * settings.lease_renew_ms, settings.lease_ms // 2)
+        recent = responsive_cutoff_ms(self.settings, wall_ms())
         brokers = {b.broker_id: b.incarnation for b in self.cluster_brokers.values()
                    if not b.leaving and b.lease_expiry_ms > recent
                    and not self.peer_watch.is_gone(b.broker_id, b.incarnation)}

@@ -146,6 +146,38 @@ async def test_a_stale_view_of_the_holder_does_not_depose_a_live_controller() ->
     assert current is not None and (current.broker_id, current.incarnation, current.epoch) == (2, 3, 3)
 
 
+async def test_the_lease_as_last_read_is_reused_only_while_its_holder_shows_alive() -> None:
+    """A broker that is not the controller reuses the lease it read while more than half of it is left
+    and the holder's registration shows it alive; once the holder leaves, it reads afresh and takes over."""
+    cluster = ClusterStore(MetadataStore(MemoryObjectStore()))
+    await cluster.write_controller(ControllerLease(broker_id=3, incarnation=1, epoch=2, expiry_ms=wall_ms() + 1000),
+                                   None)
+    reads = 0
+    read_controller = cluster.read_controller
+
+    async def counting() -> tuple[ControllerLease | None, str | None]:
+        nonlocal reads
+        reads += 1
+        return await read_controller()
+
+    cluster.read_controller = counting  # type: ignore[method-assign]
+    me = SimpleNamespace(incarnation=3, lease_valid=lambda: True)
+    controller = Controller(SimpleNamespace(cluster=cluster, settings=Settings(broker_id=2), membership=me,
+                                            leaving=False))  # type: ignore[arg-type]
+    holder = registration(3, 1, wall_ms() + 1000)
+    view = {3: holder, 2: registration(2, 3, wall_ms() + 1000)}
+    for _round in range(3):
+        assert await controller._take_lease(view, wall_ms()) is False
+    assert reads == 1
+    holder.leaving = True  # SIGTERM: it hands over, then gives the lease up
+    await cluster.write_controller(ControllerLease(broker_id=3, incarnation=1, epoch=2, expiry_ms=0),
+                                   (await read_controller())[1])
+    assert await controller._take_lease(view, wall_ms()) is True
+    assert reads == 2
+    current, _etag = await read_controller()
+    assert current is not None and (current.broker_id, current.epoch) == (2, 3)
+
+
 async def test_the_audit_reads_each_manifest_about_once_a_second_and_publishes_the_manifests_leader() -> None:
     """Two controllers that overlapped can leave an assignment naming an older leader than the manifest
     does (seen in a chaos run).  The audit finds it within a cycle of ``AUDIT_CYCLE_ROUNDS`` rounds, and
