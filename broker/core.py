@@ -447,6 +447,23 @@ class Broker:
     def partition(self, topic: str, partition: int) -> PartitionLog | None:
         return self.logs.get((topic, partition))
 
+    def serving_error(self, plog: PartitionLog, current_leader_epoch: int = -1) -> ErrorCode:
+        """Why this broker must not answer a read of ``plog`` now, or NONE.
+
+        A client names the leader epoch it knows (KIP-320): a newer one means this broker has lost the
+        partition and does not know yet, an older one that the client is behind.  A broker past its
+        lease (frozen, cut off) keeps its partitions until its next cluster round resigns them, while
+        the new leader may have gone further: a Fetch above this copy's high watermark would get
+        OFFSET_OUT_OF_RANGE, and the consumer would reset its position to the earliest or latest offset."""
+        epoch = plog.manifest.leader_epoch
+        if current_leader_epoch > epoch:
+            return ErrorCode.UNKNOWN_LEADER_EPOCH
+        if 0 <= current_leader_epoch < epoch:
+            return ErrorCode.FENCED_LEADER_EPOCH
+        if plog.resigned or not self.membership.lease_valid():
+            return ErrorCode.NOT_LEADER_OR_FOLLOWER
+        return ErrorCode.NONE
+
     # Produce ------------------------------------------------------------------
 
     async def wait_for_flush_room(self) -> None:

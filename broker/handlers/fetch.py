@@ -57,7 +57,8 @@ def _start_cold_reads(broker: Broker, request: Message, names: list[str | None],
         for p, part in enumerate(topic["partitions"]):
             plog = broker.partition(name, part["partition"]) if name else None
             offset = part["fetch_offset"]
-            if plog is not None and plog.log_start_offset <= offset < min(plog.tail_start(), plog.high_watermark):
+            if plog is not None and plog.log_start_offset <= offset < min(plog.tail_start(), plog.high_watermark) \
+                    and not broker.serving_error(plog, part.get("current_leader_epoch", -1)):
                 wanted.append((t, p, plog, offset, part["partition_max_bytes"]))
     if len(wanted) < 2 or sum(w[4] for w in wanted) > budget:
         return {}
@@ -98,6 +99,11 @@ async def _assemble(broker: Broker, ctx: RequestContext, request: Message, names
             if plog is None:
                 error = (ErrorCode.UNKNOWN_TOPIC_ID if name is None and ctx.version >= 13
                          else broker.partition_error(name, index))
+                partitions.append(_partition_result(index, error))
+                errors = True
+                continue
+            error = broker.serving_error(plog, part.get("current_leader_epoch", -1))
+            if error:
                 partitions.append(_partition_result(index, error))
                 errors = True
                 continue

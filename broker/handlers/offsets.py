@@ -159,12 +159,9 @@ async def offset_for_leader_epoch(ctx: RequestContext, request: Message) -> Mess
             if plog is None:
                 result["error_code"] = ctx.broker.partition_error(topic["topic"], part["partition"])
             else:
-                current = plog.manifest.leader_epoch
-                requested_current = part.get("current_leader_epoch", -1)
-                if requested_current > current:
-                    result["error_code"] = ErrorCode.UNKNOWN_LEADER_EPOCH
-                elif 0 <= requested_current < current:
-                    result["error_code"] = ErrorCode.FENCED_LEADER_EPOCH
+                error = ctx.broker.serving_error(plog, part.get("current_leader_epoch", -1))
+                if error:
+                    result["error_code"] = error
                 else:
                     result["leader_epoch"], result["end_offset"] = plog.epoch_end_offset(part["leader_epoch"])
             partitions.append(result)

@@ -287,12 +287,13 @@ def produce(w: Wire, topic: str, records_bytes: bytes | None, *, partition: int 
     return part
 
 
-def fetch(w: Wire, topic: str, offset: int, partition: int = 0) -> Message:
+def fetch(w: Wire, topic: str, offset: int, partition: int = 0, current_leader_epoch: int = -1) -> Message:
     resp = w.call(1, FETCH_V, {
         "replica_id": -1, "max_wait_ms": 0, "min_bytes": 1, "max_bytes": MiB, "isolation_level": 0,
         "session_id": 0, "session_epoch": -1,
         "topics": [{"topic": topic, "partitions": [{"partition": partition, "fetch_offset": offset,
-                                                    "partition_max_bytes": MiB}]}],
+                                                    "partition_max_bytes": MiB,
+                                                    "current_leader_epoch": current_leader_epoch}]}],
         "forgotten_topics_data": [], "rack_id": "",
     })
     assert resp["error_code"] == ErrorCode.NONE
@@ -860,6 +861,42 @@ def test_fetch_outside_the_log_is_offset_out_of_range(module_broker: BrokerProce
     at_end = fetch(wire, topic, 2)
     assert (at_end["error_code"], at_end["records"] or b"") == (ErrorCode.NONE, b"")
     assert fetch(wire, topic, 0, partition=7)["error_code"] == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    bystander.assert_unaffected()
+
+
+def test_a_leader_epoch_other_than_the_brokers_is_refused(module_broker: BrokerProcess, bystander: Bystander,
+                                                           wire: Wire) -> None:
+    """KIP-320: a client that knows a newer leader epoch than the broker's gets UNKNOWN_LEADER_EPOCH, one that
+    knows an older one FENCED_LEADER_EPOCH (it refreshes its metadata); it never gets records, nor an
+    OFFSET_OUT_OF_RANGE that would reset its position.  Fetch, ListOffsets and OffsetForLeaderEpoch alike."""
+    topic = unique_topic("leader-epoch")
+    create_topic(wire, topic)
+    assert produce(wire, topic, good_batch(count=2))["error_code"] == ErrorCode.NONE
+
+    def list_latest(current_leader_epoch: int) -> Message:
+        resp = wire.call(2, 7, {"replica_id": -1, "isolation_level": 0, "topics": [{"name": topic, "partitions": [
+            {"partition_index": 0, "current_leader_epoch": current_leader_epoch, "timestamp": -1}]}]})
+        return resp["topics"][0]["partitions"][0]
+
+    def end_of_epoch(current_leader_epoch: int, epoch: int) -> Message:
+        resp = wire.call(23, 4, {"replica_id": -1, "topics": [{"topic": topic, "partitions": [
+            {"partition": 0, "current_leader_epoch": current_leader_epoch, "leader_epoch": epoch}]}]})
+        return resp["topics"][0]["partitions"][0]
+
+    epoch = list_latest(-1)["leader_epoch"]
+    assert epoch >= 1
+    for offset in (0, 5):  # inside the log, and beyond it (where the new leader may already be)
+        part = fetch(wire, topic, offset, current_leader_epoch=epoch + 1)
+        assert (part["error_code"], part["records"] or b"") == (ErrorCode.UNKNOWN_LEADER_EPOCH, b""), offset
+        assert fetch(wire, topic, offset, current_leader_epoch=epoch - 1)["error_code"] == \
+            ErrorCode.FENCED_LEADER_EPOCH, offset
+    assert fetch(wire, topic, 0, current_leader_epoch=epoch)["records"]
+    assert fetch(wire, topic, 0)["records"]  # -1: the client does not say
+    assert list_latest(epoch + 1)["error_code"] == ErrorCode.UNKNOWN_LEADER_EPOCH
+    assert list_latest(epoch - 1)["error_code"] == ErrorCode.FENCED_LEADER_EPOCH
+    assert (list_latest(epoch)["error_code"], list_latest(epoch)["offset"]) == (ErrorCode.NONE, 2)
+    assert end_of_epoch(epoch + 1, epoch)["error_code"] == ErrorCode.UNKNOWN_LEADER_EPOCH
+    assert (end_of_epoch(epoch, epoch)["error_code"], end_of_epoch(epoch, epoch)["end_offset"]) == (ErrorCode.NONE, 2)
     bystander.assert_unaffected()
 
 

@@ -40,6 +40,9 @@ class FakeBroker:
     def partition_error(self, name: str, index: int) -> ErrorCode:
         return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
 
+    def serving_error(self, plog: FakeLog, current_leader_epoch: int = -1) -> ErrorCode:
+        return ErrorCode.NONE
+
     async def read(self, plog: FakeLog, offset: int, max_bytes: int) -> list[bytes]:
         self.limits.append((plog.partition, max_bytes))
         self.running += 1
