@@ -51,7 +51,8 @@ def build_wal(settings: Settings, store: ObjectStore, incarnation: int) -> Write
         return FileWriteAheadLog(location["path"], segment_bytes=settings.wal_segment_bytes, sync=settings.wal_fsync,
                                  inline_bytes=settings.wal_inline_bytes)
     return ObjectWriteAheadLog(store, location["prefix"], linger_ms=settings.wal_object_linger_ms,
-                               max_bytes=settings.wal_object_max_bytes, eager_puts=settings.wal_object_eager_puts)
+                               max_bytes=settings.wal_object_max_bytes, eager_puts=settings.wal_object_eager_puts,
+                               max_in_flight=settings.wal_object_max_in_flight)
 
 
 def _location_args(settings: Settings, incarnation: int) -> dict[str, object]:

@@ -4,6 +4,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from objectstore.base import ObjectStoreError
 from objectstore.memory import MemoryObjectStore
 from wal.object import ObjectWriteAheadLog
@@ -149,3 +151,27 @@ async def test_eager_puts_zero_always_waits_for_the_linger() -> None:
     assert await wal.append([b"x"]) == 0
     assert time.monotonic() - started >= 0.09
     await wal.close()
+
+
+async def test_a_store_slower_than_a_few_lingers_gets_a_put_per_linger_not_a_queue() -> None:
+    """Against a store that takes 20 ms more per PUT, four PUTs in flight (the old fixed bound) queued
+    appends behind each other and doubled the produce latency (docs/performance.md).  With the default
+    bound every linger's appends start their PUT when the linger runs out."""
+    store = GatedStore()
+    wal = ObjectWriteAheadLog(store, "wal/1/1", linger_ms=1)
+    await wal.open()
+    futures = [wal.submit([b"x0"])]
+    for i in range(1, 10):  # each append arrives after the previous linger ran out; every PUT still hangs
+        await asyncio.sleep(0.01)
+        futures.append(wal.submit([b"x%d" % i]))
+    await asyncio.sleep(0.05)
+    assert len(store.started) == 10
+    for gate in store.gates:
+        gate.set()
+    assert await asyncio.gather(*futures) == list(range(10))
+    await wal.close()
+
+
+def test_at_least_one_put_in_flight() -> None:
+    with pytest.raises(ValueError):
+        ObjectWriteAheadLog(MemoryObjectStore(), "wal/1/1", max_in_flight=0)
