@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--s3-catchup-rounds", type=int, default=3,
                    help="cold reads (each after a broker restart) and raw GET passes; the figures are their medians")
     g.add_argument("--s3-flush-interval-ms", type=int, default=500, help="broker --flush-interval-ms in the s3 suite")
+    g.add_argument("--s3-remote-latency-ms", type=float, default=20.0,
+                   help="latency a proxy adds to every S3 request in a second latency phase, as a store across a "
+                        "network would have (0 skips the phase)")
+    g.add_argument("--s3-remote-records", type=int, default=3000,
+                   help="records measured, and raw PUTs timed, in the phase with added latency")
     g = p.add_argument_group("failover suite (local 3-broker cluster)")
     g.add_argument("--kills", type=int, default=20, help="leader kills (kill -9), one failover sample each")
     g.add_argument("--failover-rate", type=float, default=200.0, help="records/s the idempotent producer writes")

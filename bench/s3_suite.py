@@ -14,6 +14,11 @@ the same S3 call made directly with ``S3ObjectStore`` in the same run:
   single pass over 150 MB took 0.15-0.3 s, and one tree's ratio swung from
   0.47 to 0.72 between three runs.
 
+- ``s3_remote_produce_latency_p50/p99``: the same latency phase with a proxy in front of SeaweedFS that
+  adds ``--s3-remote-latency-ms`` to every request (AWS S3 answers a small PUT in tens of milliseconds;
+  SeaweedFS on the same cores in one or two), next to ``raw_remote_put_latency_p*``, the raw PUTs through
+  the same proxy.  It shows what of the broker's cost is added to a PUT rather than multiplied with it.
+
 Each baseline is measured right after its Keel figure, with the broker stopped:
 the raw PUTs after the latency phase, and a raw GET pass after each cold read
 (the note gives the ratio of each such pair).  The machine's speed drifts over
@@ -44,6 +49,8 @@ from objectstore.s3 import S3ObjectStore
 
 if str(REPO_ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "tests"))
+from chaos.fault_proxy import FaultProxyProcess  # noqa: E402
+
 from s3server import SeaweedFS, find_weed  # noqa: E402
 
 BUCKET = "keel-bench"
@@ -65,10 +72,10 @@ def weed_missing() -> str:
 class _Store:
     """A synchronous face on one S3ObjectStore, driven by its own event loop."""
 
-    def __init__(self, s3: SeaweedFS, prefix: str) -> None:
+    def __init__(self, s3: SeaweedFS, prefix: str, endpoint_url: str | None = None) -> None:
         self.loop = asyncio.new_event_loop()
-        self.store = S3ObjectStore(BUCKET, endpoint_url=s3.endpoint_url, region=s3.region, prefix=prefix,
-                                   access_key=s3.access_key, secret_key=s3.secret_key)
+        self.store = S3ObjectStore(BUCKET, endpoint_url=endpoint_url or s3.endpoint_url, region=s3.region,
+                                   prefix=prefix, access_key=s3.access_key, secret_key=s3.secret_key)
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -139,6 +146,41 @@ def _stop(broker: BrokerProcess, res: SuiteResult) -> None:
         res.failures.append(note)
 
 
+def _remote_phase(args: Any, work_dir: Path, s3: SeaweedFS, prefix: str, res: SuiteResult,
+                  errors: dict[str, str]) -> tuple[workload.LatencyRun | None, list[float]]:
+    """The latency phase again, through a proxy that adds ``--s3-remote-latency-ms`` to every request; then
+    raw PUTs through the same proxy."""
+    delay = args.s3_remote_latency_ms
+    say(f"s3: object-WAL produce latency with {delay:g} ms added to every S3 request, "
+        f"{args.s3_remote_records:,} records, then as many raw PUTs")
+    lat: workload.LatencyRun | None = None
+    puts: list[float] = []
+    with FaultProxyProcess(s3.endpoint_url, work_dir / "s3-remote-proxy.log") as proxy:
+        proxy.set_faults(latency_ms=delay)
+        flags = ["--s3-endpoint", proxy.url, "--bucket", BUCKET, "--prefix", prefix + "-remote", "--region",
+                 s3.region, "--wal", "object", "--flush-interval-ms", str(args.s3_flush_interval_ms),
+                 *args.broker_arg]
+        broker = BrokerProcess(work_dir / "s3-remote-broker", work_dir / "s3-remote-broker.log", flags,
+                               env=s3.env())
+        try:
+            broker.start(timeout=120)
+            topic = f"{prefix}-s3remote"
+            workload.prepare_topic(broker.bootstrap, topic, 1)
+            lat = workload.produce_latency(broker.bootstrap, topic, args.s3_rate, args.s3_remote_records,
+                                           args.record_size, min(1000, max(20, round(args.s3_rate / 2))))
+        except Exception as exc:  # noqa: BLE001 - recorded; the raw PUTs still run
+            errors["remote"] = f"failed: {exc}"
+            say(broker.log_tail())
+        finally:
+            _stop(broker, res)
+        store = _Store(s3, prefix + "-remote-raw", endpoint_url=proxy.url)
+        try:
+            puts = store.run(_put_latencies(store.store, args.s3_remote_records, WAL_OBJECT_BYTES))
+        finally:
+            store.close()
+    return lat, puts
+
+
 def run(args: Any, work_dir: Path) -> SuiteResult:
     res = SuiteResult("s3")
     missing = weed_missing()
@@ -158,6 +200,8 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
         broker = BrokerProcess(work_dir / "s3-broker", work_dir / "s3-broker.log", flags, env=s3.env())
         store = _Store(s3, prefix)
         lat: workload.LatencyRun | None = None
+        remote_lat: workload.LatencyRun | None = None
+        remote_puts: list[float] = []
         reads: list[workload.Throughput] = []
         passes: list[tuple[int, float]] = []
         puts: list[float] = []
@@ -184,6 +228,8 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
             _stop(broker, res)
             say(f"s3: raw PUT latency, {args.s3_put_samples:,} x {wal_object} B")
             puts = store.run(_put_latencies(store.store, args.s3_put_samples, wal_object))
+            if args.s3_remote_latency_ms > 0:
+                remote_lat, remote_puts = _remote_phase(args, work_dir, s3, prefix, res, errors)
             broker.start(timeout=60)
             say(f"s3: producing {read_records:,} records ({args.s3_catchup_mb:g} MB) for the catch-up read")
             try:
@@ -230,6 +276,19 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
             f"s3_produce_latency_p{p:g}", pct_ms(lat.latencies if lat else None, p), "ms",
             f"raw_put_latency_p{p:g}", pct_ms(puts, p), samples=len(lat.latencies) if lat else None,
             note=join_notes(lat_note, f"PUT {wal_object} B x {len(puts):,}")))
+    if args.s3_remote_latency_ms > 0:
+        remote_note = errors.get("remote", "")
+        if remote_lat is not None and (remote_lat.errors or remote_lat.missing):
+            res.failures.append(f"s3 produce latency with added latency: {remote_lat.errors} errors, "
+                                f"{remote_lat.missing} missing")
+            remote_note = f"{remote_lat.errors} errors, {remote_lat.missing} missing"
+        for p in (50.0, 99.0):
+            res.figures.append(Figure(
+                f"s3_remote_produce_latency_p{p:g}", pct_ms(remote_lat.latencies if remote_lat else None, p), "ms",
+                f"raw_remote_put_latency_p{p:g}", pct_ms(remote_puts, p),
+                samples=len(remote_lat.latencies) if remote_lat else None,
+                note=join_notes(remote_note, f"+{args.s3_remote_latency_ms:g} ms a request (proxy); "
+                                             f"PUT {wal_object} B x {len(remote_puts):,}")))
     read_note = errors.get("read", "")
     if read is not None and read_errors:
         res.failures.append(f"s3 catch-up read: {read_errors} errors or missing records")
@@ -242,7 +301,7 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
                                    f"({', '.join(f'{r.mb_per_s:.0f}' for r in reads)}) and of "
                                    f"{len(passes)} GET passes, each right after its read; ratio of each pair "
                                    f"{', '.join(f'{x:.2f}' for x in paired)}")))
-    for key in ("lat", "read"):
+    for key in ("lat", "remote", "read"):
         if key in errors:
             res.failures.append(f"s3 {key}: {errors[key]}")
     return res

@@ -252,13 +252,19 @@ def test_tiny_s3_suite_measures_each_figure_against_its_raw_s3_floor(tmp_path: P
     if missing := weed_missing():
         pytest.skip(missing)
     figures, meta = _tiny_suite(tmp_path, "s3", "--s3-records", "300", "--s3-put-samples", "300",
-                                "--s3-catchup-mb", "4", "--s3-catchup-rounds", "2")
-    assert set(figures) == {"s3_produce_latency_p50", "s3_produce_latency_p99", "s3_catchup_read"}
+                                "--s3-catchup-mb", "4", "--s3-catchup-rounds", "2", "--s3-remote-records", "150")
+    assert set(figures) == {"s3_produce_latency_p50", "s3_produce_latency_p99", "s3_catchup_read",
+                            "s3_remote_produce_latency_p50", "s3_remote_produce_latency_p99"}
     for name, baseline in (("s3_produce_latency_p50", "raw_put_latency_p50"),
-                           ("s3_produce_latency_p99", "raw_put_latency_p99"), ("s3_catchup_read", "raw_get_read")):
+                           ("s3_produce_latency_p99", "raw_put_latency_p99"), ("s3_catchup_read", "raw_get_read"),
+                           ("s3_remote_produce_latency_p50", "raw_remote_put_latency_p50"),
+                           ("s3_remote_produce_latency_p99", "raw_remote_put_latency_p99")):
         assert figures[name]["baseline_name"] == baseline
         assert _positive(figures[name]["value"]) and _positive(figures[name]["baseline_value"]), figures[name]
     assert figures["s3_produce_latency_p50"]["value"] <= figures["s3_produce_latency_p99"]["value"]
+    # The proxy adds 20 ms (the default) to every request: to the raw PUTs, and to every acknowledgement.
+    assert figures["s3_remote_produce_latency_p50"]["baseline_value"] >= 20
+    assert figures["s3_remote_produce_latency_p50"]["value"] >= 20
     assert "ratio of each pair" in figures["s3_catchup_read"]["note"]
     assert meta["s3_segment_bytes"] >= 4e6 and meta["s3_segment_objects"] >= 1
     # (No check on the WAL objects listed after the latency phase: at this size the flusher may have
