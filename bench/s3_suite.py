@@ -229,7 +229,10 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
             say(f"s3: raw PUT latency, {args.s3_put_samples:,} x {wal_object} B")
             puts = store.run(_put_latencies(store.store, args.s3_put_samples, wal_object))
             if args.s3_remote_latency_ms > 0:
-                remote_lat, remote_puts = _remote_phase(args, work_dir, s3, prefix, res, errors)
+                try:
+                    remote_lat, remote_puts = _remote_phase(args, work_dir, s3, prefix, res, errors)
+                except Exception as exc:  # noqa: BLE001 - the proxy or the raw PUTs failed; the read phase still runs
+                    errors["remote"] = f"failed: {exc}"
             broker.start(timeout=60)
             say(f"s3: producing {read_records:,} records ({args.s3_catchup_mb:g} MB) for the catch-up read")
             try:
