@@ -146,6 +146,16 @@ def _stop(broker: BrokerProcess, res: SuiteResult) -> None:
         res.failures.append(note)
 
 
+def _broker_flags(args: Any, s3: SeaweedFS, endpoint_url: str, prefix: str) -> list[str]:
+    return ["--s3-endpoint", endpoint_url, "--bucket", BUCKET, "--prefix", prefix, "--region", s3.region,
+            "--wal", "object", "--flush-interval-ms", str(args.s3_flush_interval_ms), *args.broker_arg]
+
+
+def _warmup(args: Any) -> int:
+    """Unmeasured records before a latency phase: half a second's worth, 20 to 1,000."""
+    return min(1000, max(20, round(args.s3_rate / 2)))
+
+
 def _remote_phase(args: Any, work_dir: Path, s3: SeaweedFS, prefix: str, res: SuiteResult,
                   errors: dict[str, str]) -> tuple[workload.LatencyRun | None, list[float]]:
     """The latency phase again, through a proxy that adds ``--s3-remote-latency-ms`` to every request; then
@@ -157,17 +167,14 @@ def _remote_phase(args: Any, work_dir: Path, s3: SeaweedFS, prefix: str, res: Su
     puts: list[float] = []
     with FaultProxyProcess(s3.endpoint_url, work_dir / "s3-remote-proxy.log") as proxy:
         proxy.set_faults(latency_ms=delay)
-        flags = ["--s3-endpoint", proxy.url, "--bucket", BUCKET, "--prefix", prefix + "-remote", "--region",
-                 s3.region, "--wal", "object", "--flush-interval-ms", str(args.s3_flush_interval_ms),
-                 *args.broker_arg]
-        broker = BrokerProcess(work_dir / "s3-remote-broker", work_dir / "s3-remote-broker.log", flags,
-                               env=s3.env())
+        broker = BrokerProcess(work_dir / "s3-remote-broker", work_dir / "s3-remote-broker.log",
+                               _broker_flags(args, s3, proxy.url, prefix + "-remote"), env=s3.env())
         try:
             broker.start(timeout=120)
             topic = f"{prefix}-s3remote"
             workload.prepare_topic(broker.bootstrap, topic, 1)
             lat = workload.produce_latency(broker.bootstrap, topic, args.s3_rate, args.s3_remote_records,
-                                           args.record_size, min(1000, max(20, round(args.s3_rate / 2))))
+                                           args.record_size, _warmup(args))
         except Exception as exc:  # noqa: BLE001 - recorded; the raw PUTs still run
             errors["remote"] = f"failed: {exc}"
             say(broker.log_tail())
@@ -192,12 +199,10 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
     size = args.record_size
     lat_topic, read_topic = f"bench-{run_id}-s3lat", f"bench-{run_id}-s3read"
     read_records = max(1, int(args.s3_catchup_mb * 1e6 / size))
-    warmup = min(1000, max(20, round(args.s3_rate / 2)))
     with SeaweedFS(work_dir / "weed") as s3:
         say(f"SeaweedFS on {s3.endpoint_url}")
-        flags = ["--s3-endpoint", s3.endpoint_url, "--bucket", BUCKET, "--prefix", prefix, "--region", s3.region,
-                 "--wal", "object", "--flush-interval-ms", str(args.s3_flush_interval_ms), *args.broker_arg]
-        broker = BrokerProcess(work_dir / "s3-broker", work_dir / "s3-broker.log", flags, env=s3.env())
+        broker = BrokerProcess(work_dir / "s3-broker", work_dir / "s3-broker.log",
+                               _broker_flags(args, s3, s3.endpoint_url, prefix), env=s3.env())
         store = _Store(s3, prefix)
         lat: workload.LatencyRun | None = None
         remote_lat: workload.LatencyRun | None = None
@@ -220,7 +225,7 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
             try:
                 workload.prepare_topic(broker.bootstrap, lat_topic, 1)
                 lat = workload.produce_latency(broker.bootstrap, lat_topic, args.s3_rate, args.s3_records, size,
-                                               warmup)
+                                               _warmup(args))
             except Exception as exc:  # noqa: BLE001 - recorded, the other phase still runs
                 errors["lat"] = f"failed: {exc}"
                 say(broker.log_tail())

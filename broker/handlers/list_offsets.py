@@ -24,10 +24,9 @@ async def handle(ctx: RequestContext, request: Message) -> Message:
             plog = broker.partition(name, index)
             result = {"partition_index": index, "error_code": ErrorCode.NONE, "timestamp": -1, "offset": -1,
                       "leader_epoch": -1, "old_style_offsets": []}
-            error = broker.serving_error(plog, part.get("current_leader_epoch", -1)) if plog else ErrorCode.NONE
             if plog is None:
                 result["error_code"] = broker.partition_error(name, index)
-            elif error:
+            elif error := broker.serving_error(plog, part.get("current_leader_epoch", -1)):
                 result["error_code"] = error
             else:
                 result["leader_epoch"] = plog.manifest.leader_epoch
