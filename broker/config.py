@@ -45,7 +45,7 @@ class Settings:
     wal: str = field(default="file", metadata={"help": "WAL engine: file (fsync group commit) or object (one PUT per group commit, no local state)"})
     wal_inline_bytes: int = field(default=64 * 1024, metadata={"help": "file WAL: commit groups up to this many bytes are written and synced on the event loop's thread instead of the writer thread (lower latency at low rates)"})
     wal_object_linger_ms: int = field(default=5, metadata={"help": "object WAL: longest wait of an append for a WAL PUT to start (it waits only while PUTs are in flight)"})
-    wal_object_eager_puts: int = field(default=1, metadata={"help": "object WAL: an append that finds fewer WAL PUTs than this in flight is written at once; others wait for a PUT to finish (up to the linger). 0 = always wait the linger"})
+    wal_object_eager_puts: int = field(default=2, metadata={"help": "object WAL: an append that finds no WAL PUT in flight is written at once; while appends come further apart than half a PUT, so is one that finds fewer than this many in flight. Others wait for a PUT to finish (up to the linger). 0 = always wait the linger"})
     wal_object_max_in_flight: int = field(default=32, metadata={"help": "object WAL: most WAL PUTs in flight at once; a store slower than about this many lingers per PUT queues appends behind it"})
     wal_object_max_bytes: int = field(default=4 * MiB, metadata={"help": "object WAL: WAL object size that triggers a PUT at once"})
     retention_check_interval_ms: int = field(default=5000, metadata={"help": "how often retention.ms/retention.bytes are applied"})

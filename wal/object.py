@@ -2,12 +2,15 @@
 
 Appends from all partitions are grouped into objects, each written with ONE
 create-only PUT; they are acknowledged only after that PUT succeeded.  The
-grouping adapts to load, like Nagle's algorithm: an append that finds fewer
-than ``eager_puts`` PUTs in flight is written at once (at low load an ack costs
-one PUT; appends made in the same event-loop pass share it).  Appends that
-arrive while PUTs are in flight wait in a buffer, written as soon as a PUT
-completes, after ``linger_ms`` at the latest, or once ``max_bytes`` are
-waiting: objects grow with the load, at about one PUT per PUT latency.
+grouping adapts to load, like Nagle's algorithm: an append that finds no PUT
+in flight is written at once (at low load an ack costs one PUT; appends made
+in the same event-loop pass share it).  While appends arrive further apart
+than half a PUT's duration, one that finds fewer than ``eager_puts`` PUTs in
+flight is written at once too: there waiting for the PUT in flight would cost
+almost a whole PUT and save almost nothing.  Other appends wait in a buffer,
+written as soon as a PUT completes, after ``linger_ms`` at the latest, or
+once ``max_bytes`` are waiting: objects grow with the load, at about one PUT
+per PUT latency.
 
 Objects are named by the position of their first entry
 (``<prefix>/00000000000000000042.wal``) and hold entries in the same framing
@@ -38,11 +41,12 @@ from wal.framing import encode_entry, scan_entries
 log = logging.getLogger(__name__)
 SUFFIX = ".wal"
 MAX_BACKOFF_SECONDS = 5.0
+MAX_GAP_SECONDS = 0.1  # a longer pause between appends says no more about how sparse they are
 
 
 class ObjectWriteAheadLog(WriteAheadLog):
     def __init__(self, store: ObjectStore, prefix: str, *, linger_ms: float = 5.0,
-                 max_bytes: int = 4 * 1024 * 1024, max_in_flight: int = 32, eager_puts: int = 1) -> None:
+                 max_bytes: int = 4 * 1024 * 1024, max_in_flight: int = 32, eager_puts: int = 2) -> None:
         if max_in_flight < 1:
             raise ValueError("the object WAL needs at least one PUT in flight")
         self.store = store
@@ -52,6 +56,12 @@ class ObjectWriteAheadLog(WriteAheadLog):
         self._slots = asyncio.Semaphore(max_in_flight)
         self.eager_puts = eager_puts
         self._in_flight = 0  # writes started and not finished (holding or awaiting a slot)
+        # Moving averages (weight 1/8 for each new sample) of how long a PUT takes and of the time between
+        # appends (those of one event-loop pass count as one): they tell sparse appends from dense ones.
+        self._put_seconds = 0.0  # set by the first PUT
+        self._gap_seconds = MAX_GAP_SECONDS  # sparse, until appends show otherwise
+        self._last_arrival = 0.0
+        self._joining_pass = False  # a flush at the end of this loop pass is scheduled
         self._next_position = 0
         self._buffer: list[tuple[int, tuple[Buffer, ...], asyncio.Future[int]]] = []
         self._buffer_bytes = 0
@@ -120,20 +130,32 @@ class ObjectWriteAheadLog(WriteAheadLog):
         self._buffer_bytes += sum(len(p) for p in parts)
         self._unacked.append((position, future))
         self.stats["appends"] += 1
+        loop = asyncio.get_running_loop()
+        if not self._joining_pass:
+            now = loop.time()
+            gap = min(now - self._last_arrival, MAX_GAP_SECONDS)
+            self._gap_seconds += (gap - self._gap_seconds) / 8
+            self._last_arrival = now
         if self._buffer_bytes >= self.max_bytes:
             self._flush_buffer()
         elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            if self._in_flight < self.eager_puts:  # at the end of this loop pass, with whatever joins it
+            if self._may_write_at_once():  # at the end of this loop pass, with whatever joins it
                 self._timer = loop.call_soon(self._flush_buffer)
+                self._joining_pass = True
             else:
                 self._timer = loop.call_later(self.linger, self._flush_buffer)
         return future
+
+    def _may_write_at_once(self) -> bool:
+        if self._in_flight == 0:
+            return self.eager_puts > 0
+        return self._in_flight < self.eager_puts and 2 * self._gap_seconds >= self._put_seconds
 
     async def append(self, parts: Sequence[Buffer]) -> int:
         return await self.submit(parts)
 
     def _flush_buffer(self) -> None:
+        self._joining_pass = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -150,7 +172,7 @@ class ObjectWriteAheadLog(WriteAheadLog):
             await self._put(batch)
         finally:
             self._in_flight -= 1
-            if self._buffer and self._in_flight < self.eager_puts:
+            if self._buffer and self._may_write_at_once():
                 self._flush_buffer()  # what gathered while the PUT ran: the next group commit
 
     async def _put(self, batch: list[tuple[int, tuple[Buffer, ...], asyncio.Future[int]]]) -> None:
@@ -161,11 +183,14 @@ class ObjectWriteAheadLog(WriteAheadLog):
         overwrite = False
         async with self._slots:
             while True:
+                started = asyncio.get_running_loop().time()
                 try:
                     if overwrite:
                         await self.store.put(key, body)
                     else:
                         await self.store.put_if_absent(key, body)
+                    took = asyncio.get_running_loop().time() - started
+                    self._put_seconds += (took - self._put_seconds) / 8 if self._put_seconds else took
                     break
                 except PreconditionFailed:
                     # The key lies in this incarnation's own prefix, so what is there can only be an earlier

@@ -104,7 +104,7 @@ async def test_appends_in_one_event_loop_pass_share_one_object() -> None:
 
 async def test_appends_arriving_while_a_put_is_in_flight_are_grouped_and_acknowledged_in_order() -> None:
     store = GatedStore()
-    wal = ObjectWriteAheadLog(store, "wal/1/1", linger_ms=60_000)
+    wal = ObjectWriteAheadLog(store, "wal/1/1", linger_ms=60_000, eager_puts=1)
     await wal.open()
     first = wal.submit([b"a"])
     await _settle()
@@ -169,6 +169,72 @@ async def test_a_store_slower_than_a_few_lingers_gets_a_put_per_linger_not_a_que
     for gate in store.gates:
         gate.set()
     assert await asyncio.gather(*futures) == list(range(10))
+    await wal.close()
+
+
+class TimedStore(MemoryObjectStore):
+    """Every PUT takes ``seconds``; notes the most PUTs in flight at once since ``peak`` was last reset."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.in_flight = self.peak = 0
+
+    async def put_if_absent(self, key: str, data: Any) -> Any:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await asyncio.sleep(self.seconds)
+            return await super().put_if_absent(key, data)
+        finally:
+            self.in_flight -= 1
+
+
+async def _paced_appends(wal: ObjectWriteAheadLog, count: int, every: float,
+                         latencies: list[float] | None = None) -> list[asyncio.Future[int]]:
+    loop = asyncio.get_running_loop()
+    futures = []
+    for i in range(count):
+        future, sent = wal.submit([b"x%d" % i]), loop.time()
+        if latencies is not None:
+            future.add_done_callback(lambda _f, sent=sent: latencies.append(loop.time() - sent))
+        futures.append(future)
+        await asyncio.sleep(every)
+    return futures
+
+
+async def test_sparse_appends_do_not_wait_for_the_put_in_flight() -> None:
+    """Appends further apart than half a PUT: waiting for the PUT in flight would cost most of a PUT and
+    group nothing, so each starts its own (two in flight) as long as eager_puts allows.  With one eager
+    PUT, appends 70 ms apart wait up to most of a 100 ms PUT."""
+    for eager, want_peak in ((2, 2), (1, 1)):
+        store = TimedStore(0.1)
+        wal = ObjectWriteAheadLog(store, "wal/1/1", linger_ms=60_000, eager_puts=eager)
+        await wal.open()
+        latencies: list[float] = []
+        futures = await _paced_appends(wal, 12, 0.07, latencies)  # the first few settle the averages
+        assert await asyncio.gather(*futures) == list(range(12))
+        assert store.peak == want_peak
+        if eager == 2:
+            assert max(latencies[5:]) < 0.14
+        else:
+            assert max(latencies[5:]) > 0.16
+        await wal.close()
+
+
+async def test_dense_appends_wait_for_the_put_in_flight_and_share_the_next() -> None:
+    """Appends much closer together than a PUT lasts: one PUT at a time, each carrying what gathered."""
+    store = TimedStore(0.04)
+    wal = ObjectWriteAheadLog(store, "wal/1/1", linger_ms=60_000, eager_puts=2)
+    await wal.open()
+    warm = await _paced_appends(wal, 30, 0.002)  # the averages settle
+    await asyncio.gather(*warm)
+    store.peak = 0
+    commits = wal.stats["commits"]
+    futures = await _paced_appends(wal, 60, 0.002)
+    assert await asyncio.gather(*futures) == list(range(30, 90))
+    assert store.peak == 1
+    assert wal.stats["commits"] - commits <= 6  # about one PUT per 40 ms, not one per append
     await wal.close()
 
 
