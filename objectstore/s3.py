@@ -2,9 +2,10 @@
 
 Choices that the interface forces or that a reader would otherwise have to guess:
 
-* **Single-object PUT, GET and HEAD skip botocore's request pipeline**: botocore
-  signs them and aiohttp sends them (``objectstore/s3_direct.py``), at a third of
-  the CPU per request.  Everything else goes through the aiobotocore client.
+* **Single-object PUT, GET, HEAD and DELETE, listings and batch deletes skip
+  botocore's request pipeline**: botocore signs them and aiohttp sends them
+  (``objectstore/s3_direct.py``), at a third of the CPU per request.  Multipart
+  uploads and bucket creation go through the aiobotocore client.
 
 * **ETags never repeat.** S3's ETag of a plain PUT is the MD5 of the bytes, so writing the
   same bytes twice repeats it and If-Match would suffer ABA. With
@@ -552,9 +553,9 @@ class S3ObjectStore(ObjectStore):
 
     async def delete(self, key: str) -> None:
         full = self._k(key)
-        client = await self._c()
+        direct = await self._d()
         try:
-            await self._retrying(f"delete {key}", lambda: client.delete_object(Bucket=self.bucket, Key=full))
+            await self._retrying(f"delete {key}", lambda: direct.send("DeleteObject", "DELETE", full))
         except boto_exc.ClientError as exc:
             if not _is_not_found(exc):
                 raise self._fatal(exc, f"delete {key}") from None
@@ -563,27 +564,24 @@ class S3ObjectStore(ObjectStore):
         fulls = [self._k(key) for key in keys]  # validate every key before deleting any
         if not fulls:
             return
-        client = await self._c()
+        direct = await self._d()
         for first in range(0, len(fulls), DELETE_BATCH):
-            await self._delete_batch(client, fulls[first : first + DELETE_BATCH])
+            await self._delete_batch(direct, fulls[first : first + DELETE_BATCH])
 
-    async def _delete_batch(self, client: Any, fulls: list[str]) -> None:
+    async def _delete_batch(self, direct: DirectS3, fulls: list[str]) -> None:
         """DeleteObjects, re-sending the keys S3 reports as failed while their errors are transient."""
         pending = fulls
 
         async def once() -> None:
             nonlocal pending
-            resp = await client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in pending], "Quiet": True}
-            )
-            errors = [e for e in resp.get("Errors", ()) if e.get("Code") not in _NOT_FOUND_CODES]
+            errors = [e for e in await direct.delete_objects(pending) if e[1] not in _NOT_FOUND_CODES]
             if not errors:
                 return
-            pending = [e["Key"] for e in errors]
-            first = errors[0]
+            pending = [key for key, _code, _message in errors]
+            _key, code, message = errors[0]
             raise boto_exc.ClientError(
-                {"Error": {"Code": first.get("Code", ""), "Message": first.get("Message", "")},
-                 "ResponseMetadata": {"HTTPStatusCode": 500 if first.get("Code") in _RETRIABLE_CODES else 400}},
+                {"Error": {"Code": code, "Message": message},
+                 "ResponseMetadata": {"HTTPStatusCode": 500 if code in _RETRIABLE_CODES else 400}},
                 "DeleteObjects",
             )  # fmt: skip
 

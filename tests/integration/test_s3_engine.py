@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import inspect
 import os
+import re
 import sys
 import threading
 import time
@@ -96,7 +97,8 @@ class Fault:
     forwarded), "reset" (connection dropped, not forwarded), "landed-503" and
     "landed-reset" (forwarded to S3 first, then the reply is replaced), "cut-body"
     (forwarded, then the connection closes half-way through the announced body),
-    "garbage-200" (forwarded, then answered 200 with a body that is not XML).
+    "garbage-200" (forwarded, then answered 200 with a body that is not XML),
+    "delete-errors:CODE" (not forwarded; a DeleteObjects answer that reports every key failed with CODE).
     """
 
     action: str
@@ -161,6 +163,8 @@ class FaultProxy:
                 return _s3_error(400, "InvalidArgument", "injected")
             if action == "reset":
                 return _drop(request)
+            if action.startswith("delete-errors:"):
+                return _delete_errors(body, action.split(":", 1)[1])
             response = await self._forward(request, body)
             if fault is not None and fault.after_forward is not None:
                 await fault.after_forward()
@@ -207,6 +211,15 @@ async def _cut_body(request: web.Request, response: web.Response) -> web.StreamR
     assert request.transport is not None
     request.transport.close()
     return cut
+
+
+def _delete_errors(request_body: bytes, code: str) -> web.Response:
+    keys = re.findall(rb"<Key>([^<]*)</Key>", request_body)
+    errors = b"".join(b"<Error><Key>%s</Key><Code>%s</Code><Message>injected</Message></Error>" % (k, code.encode())
+                      for k in keys)
+    xml = (b'<?xml version="1.0" encoding="UTF-8"?>'
+           b'<DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">%s</DeleteResult>' % errors)
+    return web.Response(status=200, body=xml, content_type="application/xml")
 
 
 def _drop(request: web.Request) -> web.Response:
@@ -519,6 +532,25 @@ async def test_delete_many_sends_batches(
         await engine.delete_many(iter([*keys, "data/t/0/missing.seg"]))
         assert proxy.count("POST", "delete") == 3
     assert [i.key for i in await shared.list("data/")] == ["data/t/1/keep.seg"]
+
+
+async def test_keys_a_batch_delete_reports_failed_are_sent_again_while_the_error_is_transient(
+    proxy: FaultProxy, s3_server: SeaweedFS, shared: S3ObjectStore
+) -> None:
+    keys = [f"wal/1/{n:020d}.wal" for n in range(5)]
+    await asyncio.gather(*(shared.put(k, b"w") for k in keys))
+    engine = await via(proxy, s3_server, shared.prefix)
+    async with engine:
+        proxy.faults.append(Fault("delete-errors:InternalError", lambda r: r.method == "POST"))
+        await engine.delete_many(keys)
+        assert proxy.count("POST", "delete") == 2
+        assert await shared.list("wal/") == []
+        await asyncio.gather(*(shared.put(k, b"w") for k in keys))
+        proxy.faults.append(Fault("delete-errors:AccessDenied", lambda r: r.method == "POST"))
+        with pytest.raises(ObjectStoreError, match="AccessDenied"):
+            await engine.delete_many(keys)
+        assert proxy.count("POST", "delete") == 3  # not retried
+    assert len(await shared.list("wal/")) == 5
 
 
 async def test_prefixes_isolate_stores_in_one_bucket(s3_server: SeaweedFS) -> None:
