@@ -105,6 +105,7 @@ class Broker:
         self._pid_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self.stopping = False
+        self.long_polls_ended = False  # the server is shutting down: a Fetch answers with what it has
 
     # Start-up and shutdown -------------------------------------------------
 
@@ -303,6 +304,12 @@ class Broker:
         if self.wal is not None:
             await self.wal.close()
         await self.store.close()
+
+    def end_long_polls(self) -> None:
+        """Every Fetch waiting for data answers now, and later ones do not wait: the server is closing."""
+        self.long_polls_ended = True
+        for plog in list(self.logs.values()):
+            plog.wake()
 
     def _others_live(self) -> bool:
         now = wall_ms()

@@ -35,6 +35,7 @@ SMALL_REQUEST_BYTES = 64 * 1024  # never held back by request_queue_bytes: metad
 READ_CHUNK = 1024 * 1024
 CLOSE = object()  # a handler's verdict: close this connection
 API_VERSIONS_KEY = 18
+DRAIN_SECONDS = 5.0  # on shutdown, longest wait for the requests already read to be answered
 
 
 class KafkaServer:
@@ -90,13 +91,25 @@ class KafkaServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log.info("listening on %s:%d", self.settings.host, self.settings.port)
 
-    async def stop(self) -> None:
+    async def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:
+        """Stops accepting, ends the long polls, answers the requests already read, and closes every
+        connection.  A request still unanswered after ``drain_seconds`` (a produce stuck on an unreachable
+        store) is cancelled and its connection closed unanswered: the client retries elsewhere."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
+        self.broker.end_long_polls()
+        connections = list(self._connections)
+        for task in connections:
+            task.cancel()  # each connection drains: its sender answers what was read, then it closes
+        if not connections:
+            return
+        _done, stuck = await asyncio.wait(connections, timeout=drain_seconds)
+        if stuck:
+            log.warning("%d connection(s) still awaited answers %.1f s after shutdown began; closing them",
+                        len(stuck), drain_seconds)
+            for task in stuck:
+                task.cancel()  # lands in the drain: cancels the sender and the handler it awaits
+            await asyncio.gather(*stuck, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

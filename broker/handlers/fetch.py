@@ -149,7 +149,7 @@ async def handle(ctx: RequestContext, request: Message) -> Message:
     while True:
         responses, total, errors = await _collect(ctx, request, names)
         remaining = deadline - time.monotonic()
-        if total >= min_bytes or errors or remaining <= 0 or broker.stopping:
+        if total >= min_bytes or errors or remaining <= 0 or broker.stopping or broker.long_polls_ended:
             return {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "session_id": 0, "responses": responses}
         await _wait_for_data(broker, request, names, remaining)
 

@@ -22,7 +22,7 @@ assert SMALL_FRAME < SMALL_REQUEST_BYTES <= FRAME
 
 async def _server(monkeypatch: Any) -> tuple[KafkaServer, list[int], asyncio.Event, int]:
     settings = Settings(host="127.0.0.1", port=0, request_queue_bytes=QUEUE)
-    server = KafkaServer(SimpleNamespace(settings=settings))  # type: ignore[arg-type]
+    server = KafkaServer(SimpleNamespace(settings=settings, end_long_polls=lambda: None))  # type: ignore[arg-type]
     handled: list[int] = []
     answer = asyncio.Event()
 
