@@ -188,6 +188,24 @@ def _remote_phase(args: Any, work_dir: Path, s3: SeaweedFS, prefix: str, res: Su
     return lat, puts
 
 
+def _phase_failures(res: SuiteResult, lat: workload.LatencyRun, what: str) -> str:
+    """Records a latency phase that lost or failed records as a failure; the note saying so, or ""."""
+    if not (lat.errors or lat.missing):
+        return ""
+    res.failures.append(f"{what}: {lat.errors} errors, {lat.missing} missing")
+    return f"{lat.errors} errors, {lat.missing} missing"
+
+
+def _latency_figures(res: SuiteResult, kind: str, lat: workload.LatencyRun | None, puts: list[float],
+                     note: str) -> None:
+    """p50 and p99 of a latency phase (``s3_<kind>produce_latency_p*``) next to its raw PUTs'."""
+    for p in (50.0, 99.0):
+        res.figures.append(Figure(
+            f"s3_{kind}produce_latency_p{p:g}", pct_ms(lat.latencies if lat else None, p), "ms",
+            f"raw_{kind}put_latency_p{p:g}", pct_ms(puts, p), samples=len(lat.latencies) if lat else None,
+            note=note))
+
+
 def run(args: Any, work_dir: Path) -> SuiteResult:
     res = SuiteResult("s3")
     missing = weed_missing()
@@ -273,30 +291,18 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
                     s3_raw_get_seconds=round(secs, 3), s3_prefix=prefix)
     lat_note = errors.get("lat", "")
     if lat is not None:
-        if lat.errors or lat.missing:
-            res.failures.append(f"s3 produce latency: {lat.errors} errors, {lat.missing} missing")
-            lat_note = f"{lat.errors} errors, {lat.missing} missing"
-        lat_note = join_notes(lat_note, sample_note(len(lat.latencies)),
+        lat_note = join_notes(_phase_failures(res, lat, "s3 produce latency") or lat_note,
+                              sample_note(len(lat.latencies)),
                               f"offered only {lat.achieved_rate:,.0f}/s"
                               if lat.achieved_rate < 0.95 * args.s3_rate else "")
-    for p in (50.0, 99.0):
-        res.figures.append(Figure(
-            f"s3_produce_latency_p{p:g}", pct_ms(lat.latencies if lat else None, p), "ms",
-            f"raw_put_latency_p{p:g}", pct_ms(puts, p), samples=len(lat.latencies) if lat else None,
-            note=join_notes(lat_note, f"PUT {wal_object} B x {len(puts):,}")))
+    _latency_figures(res, "", lat, puts, join_notes(lat_note, f"PUT {wal_object} B x {len(puts):,}"))
     if args.s3_remote_latency_ms > 0:
         remote_note = errors.get("remote", "")
-        if remote_lat is not None and (remote_lat.errors or remote_lat.missing):
-            res.failures.append(f"s3 produce latency with added latency: {remote_lat.errors} errors, "
-                                f"{remote_lat.missing} missing")
-            remote_note = f"{remote_lat.errors} errors, {remote_lat.missing} missing"
-        for p in (50.0, 99.0):
-            res.figures.append(Figure(
-                f"s3_remote_produce_latency_p{p:g}", pct_ms(remote_lat.latencies if remote_lat else None, p), "ms",
-                f"raw_remote_put_latency_p{p:g}", pct_ms(remote_puts, p),
-                samples=len(remote_lat.latencies) if remote_lat else None,
-                note=join_notes(remote_note, f"+{args.s3_remote_latency_ms:g} ms a request (proxy); "
-                                             f"PUT {wal_object} B x {len(remote_puts):,}")))
+        if remote_lat is not None:
+            remote_note = _phase_failures(res, remote_lat, "s3 produce latency with added latency") or remote_note
+        _latency_figures(res, "remote_", remote_lat, remote_puts,
+                         join_notes(remote_note, f"+{args.s3_remote_latency_ms:g} ms a request (proxy); "
+                                                 f"PUT {wal_object} B x {len(remote_puts):,}"))
     read_note = errors.get("read", "")
     if read is not None and read_errors:
         res.failures.append(f"s3 catch-up read: {read_errors} errors or missing records")

@@ -52,13 +52,17 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+def request_frame(api_key: int, version: int, body: bytes, correlation_id: int = 1) -> bytes:
+    """A size-prefixed request with header v1 (client id "keel-tests")."""
+    payload = struct.pack(">hhi", api_key, version, correlation_id) + _kstring("keel-tests") + body
+    return struct.pack(">i", len(payload)) + payload
+
+
 def kafka_request(address: tuple[str, int], api_key: int, version: int, body: bytes,
                   correlation_id: int = 1, timeout: float = 5.0) -> bytes:
     """Send one request and return the response body (after the correlation id)."""
-    header = struct.pack(">hhi", api_key, version, correlation_id) + _kstring("keel-tests")
-    payload = header + body
     with socket.create_connection(address, timeout=timeout) as sock:
-        sock.sendall(struct.pack(">i", len(payload)) + payload)
+        sock.sendall(request_frame(api_key, version, body, correlation_id))
         (size,) = struct.unpack(">i", _recv_exact(sock, 4))
         if size < 4:
             raise ConnectionError(f"response frame too short: {size}")
@@ -123,12 +127,18 @@ def _parse_batches(records: bytes) -> list[BatchInfo]:
     return out
 
 
+def fetch_v4_body(topic: str, partition: int, offset: int, max_bytes: int = 8 * 1024 * 1024,
+                  max_wait_ms: int = 100) -> bytes:
+    """The body of a Fetch v4 for one partition (replica -1, min_bytes 1, read uncommitted)."""
+    body = struct.pack(">iiiib", -1, max_wait_ms, 1, max_bytes, 0)
+    body += struct.pack(">i", 1) + _kstring(topic)
+    return body + struct.pack(">i", 1) + struct.pack(">iqi", partition, offset, max_bytes)
+
+
 def fetch_v4(address: tuple[str, int], topic: str, partition: int, offset: int,
              max_bytes: int = 8 * 1024 * 1024) -> FetchedPartition:
     """One Fetch v4 for one partition; returns batch headers without decoding records."""
-    body = struct.pack(">iiiib", -1, 100, 1, max_bytes, 0)
-    body += struct.pack(">i", 1) + _kstring(topic)
-    body += struct.pack(">i", 1) + struct.pack(">iqi", partition, offset, max_bytes)
+    body = fetch_v4_body(topic, partition, offset, max_bytes)
     resp = kafka_request(address, 1, 4, body, correlation_id=7, timeout=10.0)
     pos = 4  # throttle_time_ms
     (n_topics,) = struct.unpack_from(">i", resp, pos)

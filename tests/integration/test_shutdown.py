@@ -11,18 +11,16 @@ import time
 
 from confluent_kafka import Producer
 
-from integration.broker_process import BrokerProcess, _kstring
+from integration.broker_process import BrokerProcess, fetch_v4_body, request_frame
 
 LONG_POLL_MS = 30_000
 
 
 def _long_poll(broker: BrokerProcess, topic: str, offset: int) -> socket.socket:
     """Sends a Fetch v4 that waits up to 30 s for a byte past ``offset``; returns the open socket."""
-    body = struct.pack(">iiiib", -1, LONG_POLL_MS, 1, 1 << 20, 0)
-    body += struct.pack(">i", 1) + _kstring(topic) + struct.pack(">i", 1) + struct.pack(">iqi", 0, offset, 1 << 20)
-    header = struct.pack(">hhi", 1, 4, 99) + _kstring("keel-tests")
     sock = socket.create_connection(broker.address, timeout=10.0)
-    sock.sendall(struct.pack(">i", len(header) + len(body)) + header + body)
+    sock.sendall(request_frame(1, 4, fetch_v4_body(topic, 0, offset, 1 << 20, max_wait_ms=LONG_POLL_MS),
+                               correlation_id=99))
     return sock
 
 
