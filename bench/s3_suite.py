@@ -31,7 +31,9 @@ is skipped with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -42,7 +44,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from bench import workload
-from bench.broker_proc import REPO_ROOT, BrokerProcess
+from bench.broker_proc import REPO_ROOT, BrokerProcess, read_cpu_seconds
 from bench.report import Figure
 from bench.suite_common import MiB, SuiteResult, join_notes, pct_ms, sample_note, say
 from objectstore.s3 import S3ObjectStore
@@ -58,6 +60,48 @@ BUCKET = "keel-bench"
 # the broker really wrote are listed into the metadata; at 500/s with linger 5 ms most hold 1-3 records.
 WAL_OBJECT_BYTES = 1152
 GET_RANGE_BYTES = 4 * MiB
+
+
+class _CpuUse:
+    """CPU seconds that named processes (the store, the broker, this process with its client threads) use
+    over one stretch of wall time: on 2 cores these three share, the store's part says how close to
+    saturation a phase ran."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid is not None}
+        self.used: dict[str, float] = {}
+        self.seconds = 0.0
+        self._start: dict[str, float] = {}
+        self._t0 = 0.0
+
+    def __enter__(self) -> _CpuUse:
+        self._start = self._read()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.seconds = time.perf_counter() - self._t0
+        end = self._read()
+        self.used = {name: end[name] - self._start[name] for name in end if name in self._start}
+
+    def _read(self) -> dict[str, float]:
+        out = {}
+        for name, pid in self.pids.items():
+            with contextlib.suppress(OSError):  # exited meanwhile: left out
+                out[name] = read_cpu_seconds(pid)
+        return out
+
+    def cores(self) -> str:
+        """``"store 0.93, broker 0.36, client 0.21 cores"``: each process's CPU seconds per wall second."""
+        if not self.used or self.seconds <= 0:
+            return ""
+        return "CPU " + ", ".join(f"{name} {used / self.seconds:.2f}" for name, used in self.used.items()) + " cores"
+
+    def per(self, count: int, unit: str) -> str:
+        """``"store 1.42, client 0.50 ms CPU a PUT"``."""
+        if not self.used or count <= 0:
+            return ""
+        return ", ".join(f"{name} {1e3 * used / count:.2f}" for name, used in self.used.items()) + f" ms CPU a {unit}"
 
 
 def weed_missing() -> str:
@@ -144,6 +188,12 @@ def _stop(broker: BrokerProcess, res: SuiteResult) -> None:
     note = f"s3 broker (pid {proc.pid if proc else '?'}) exited with code {code}"
     if code not in (0, None) and note not in res.failures:
         res.failures.append(note)
+
+
+def _pids(s3: SeaweedFS, broker: BrokerProcess | None = None) -> dict[str, int | None]:
+    """The processes whose CPU a phase reports: the store, the broker (if one runs), this process."""
+    return {"store": s3.proc.pid if s3.proc else None, "broker": broker.proc.pid if broker and broker.proc else None,
+            "client": os.getpid()}
 
 
 def _broker_flags(args: Any, s3: SeaweedFS, endpoint_url: str, prefix: str) -> list[str]:
@@ -233,6 +283,9 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
         errors: dict[str, str] = {}
         wal_sizes: list[int] = []
         wal_object = WAL_OBJECT_BYTES
+        cpu: dict[str, _CpuUse] = {}
+        read_cpus: list[_CpuUse] = []
+        get_cpus: list[_CpuUse] = []
         try:
             # Each baseline runs right after the Keel figure it is the floor of, with the broker stopped so
             # that nothing competes with it: the machine's speed drifts over minutes, and a ratio of two
@@ -242,15 +295,17 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
             say(f"s3: object-WAL produce latency at {args.s3_rate:g}/s for {args.s3_records:,} records")
             try:
                 workload.prepare_topic(broker.bootstrap, lat_topic, 1)
-                lat = workload.produce_latency(broker.bootstrap, lat_topic, args.s3_rate, args.s3_records, size,
-                                               _warmup(args))
+                with _CpuUse(_pids(s3, broker)) as cpu["lat"]:
+                    lat = workload.produce_latency(broker.bootstrap, lat_topic, args.s3_rate, args.s3_records,
+                                                   size, _warmup(args))
             except Exception as exc:  # noqa: BLE001 - recorded, the other phase still runs
                 errors["lat"] = f"failed: {exc}"
                 say(broker.log_tail())
             wal_sizes = [o.size for o in store.run(store.store.list("wal/"))]
             _stop(broker, res)
             say(f"s3: raw PUT latency, {args.s3_put_samples:,} x {wal_object} B")
-            puts = store.run(_put_latencies(store.store, args.s3_put_samples, wal_object))
+            with _CpuUse(_pids(s3)) as cpu["puts"]:
+                puts = store.run(_put_latencies(store.store, args.s3_put_samples, wal_object))
             if args.s3_remote_latency_ms > 0:
                 try:
                     remote_lat, remote_puts = _remote_phase(args, work_dir, s3, prefix, res, errors)
@@ -267,12 +322,16 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
                     _stop(broker, res)
                     broker.start(timeout=60)
                     _wait_high_watermark(broker.bootstrap, read_topic, read_records + 1)
-                    reads.append(workload.consume_throughput(broker.bootstrap, read_topic, 1))
+                    with _CpuUse(_pids(s3, broker)) as read_cpu:
+                        reads.append(workload.consume_throughput(broker.bootstrap, read_topic, 1))
+                    read_cpus.append(read_cpu)
                     _stop(broker, res)
                     topic_id = _topic_id(store, read_topic)
                     listing = store.run(store.store.list(f"data/{topic_id}/" if topic_id else "data/"))
                     segments = sorted((o.key, o.size) for o in listing)
-                    passes.append(store.run(_sequential_get(store.store, segments)) if segments else (0, 0.0))
+                    with _CpuUse(_pids(s3)) as get_cpu:
+                        passes.append(store.run(_sequential_get(store.store, segments)) if segments else (0, 0.0))
+                    get_cpus.append(get_cpu)
                 read_errors = sum(r.errors for r in reads)
             except Exception as exc:  # noqa: BLE001
                 errors["read"] = f"failed: {exc}"
@@ -280,22 +339,31 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
         finally:
             _stop(broker, res)
             store.close()
-    read = sorted(reads, key=lambda r: r.mb_per_s)[len(reads) // 2] if reads else None
-    got, secs = (sorted(passes, key=lambda p: p[0] / p[1] if p[1] > 0 else 0.0)[len(passes) // 2]
-                 if passes else (0, 0.0))
+    read_order = sorted(range(len(reads)), key=lambda i: reads[i].mb_per_s)
+    read = reads[read_order[len(reads) // 2]] if reads else None
+    read_cpu = read_cpus[read_order[len(reads) // 2]] if len(read_cpus) == len(reads) and reads else None
+    pass_order = sorted(range(len(passes)), key=lambda i: passes[i][0] / passes[i][1] if passes[i][1] > 0 else 0.0)
+    got, secs = passes[pass_order[len(passes) // 2]] if passes else (0, 0.0)
+    get_cpu = get_cpus[pass_order[len(passes) // 2]] if len(get_cpus) == len(passes) and passes else None
     paired = [r.mb_per_s / (g / 1e6 / t) for r, (g, t) in zip(reads, passes, strict=False) if g and t > 0]
     res.meta.update(s3_wal_object_bytes=wal_object, s3_wal_objects_listed=len(wal_sizes),
                     s3_wal_object_bytes_seen_median=statistics.median(wal_sizes) if wal_sizes else None,
                     s3_wal_object_bytes_seen_min=min(wal_sizes, default=None),
                     s3_segment_objects=len(segments), s3_segment_bytes=got, s3_get_range_bytes=GET_RANGE_BYTES,
-                    s3_raw_get_seconds=round(secs, 3), s3_prefix=prefix)
+                    s3_raw_get_seconds=round(secs, 3), s3_prefix=prefix,
+                    s3_cpu_seconds={phase: {name: round(used, 3) for name, used in use.used.items()} | {
+                        "wall": round(use.seconds, 3)} for phase, use in (
+                            *cpu.items(), ("median_read", read_cpu), ("median_get_pass", get_cpu)) if use})
+    puts_cpu = cpu["puts"].per(len(puts), "PUT") if "puts" in cpu else ""
     lat_note = errors.get("lat", "")
     if lat is not None:
         lat_note = join_notes(_phase_failures(res, lat, "s3 produce latency") or lat_note,
                               sample_note(len(lat.latencies)),
                               f"offered only {lat.achieved_rate:,.0f}/s"
                               if lat.achieved_rate < 0.95 * args.s3_rate else "")
-    _latency_figures(res, "", lat, puts, join_notes(lat_note, f"PUT {wal_object} B x {len(puts):,}"))
+    _latency_figures(res, "", lat, puts, join_notes(
+        lat_note, f"PUT {wal_object} B x {len(puts):,}", puts_cpu,
+        f"during the phase {cpu['lat'].cores()}" if "lat" in cpu else ""))
     if args.s3_remote_latency_ms > 0:
         remote_note = errors.get("remote", "")
         if remote_lat is not None:
@@ -314,7 +382,9 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
                                    f"{GET_RANGE_BYTES // MiB} MiB GETs, median of {len(reads)} cold reads "
                                    f"({', '.join(f'{r.mb_per_s:.0f}' for r in reads)}) and of "
                                    f"{len(passes)} GET passes, each right after its read; ratio of each pair "
-                                   f"{', '.join(f'{x:.2f}' for x in paired)}")))
+                                   f"{', '.join(f'{x:.2f}' for x in paired)}",
+                        f"median read {read_cpu.cores()}" if read_cpu else "",
+                        f"median GET pass {get_cpu.cores()}" if get_cpu else "")))
     for key in ("lat", "remote", "read"):
         if key in errors:
             res.failures.append(f"s3 {key}: {errors[key]}")
