@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from broker.config import Settings
-from broker.server import SMALL_REQUEST_BYTES, KafkaServer
+from broker.server import CONNECTION_SMALL_BYTES, SMALL_REQUEST_BYTES, KafkaServer
 
 FRAME = 100_000
 SMALL_FRAME = 20_000
@@ -103,4 +103,42 @@ async def test_bulk_connections_share_one_bound_and_small_requests_pass(monkeypa
         answer.set()
         for writer in (first, second, paced):
             writer.close()
+        await server.stop()
+
+
+async def test_one_record_a_request_is_read_far_past_32_requests_in_flight(monkeypatch: Any) -> None:
+    # librdkafka without idempotence sends every record as a request of its own; against a WAL write of
+    # 25 ms, 2,000 records/s need 50 in flight on one connection. With 32, its acks fell seconds behind.
+    server, handled, answer, port = await _server(monkeypatch)
+    producer = await _connect(port)
+    try:
+        producer.write(b"".join(_frame(i, 1_100) for i in range(200)))
+        await _until(lambda: len(handled) == 200)
+        answer.set()
+    finally:
+        answer.set()
+        producer.close()
+        await server.stop()
+
+
+async def test_small_requests_of_one_connection_stop_at_its_byte_window(monkeypatch: Any) -> None:
+    server, handled, answer, port = await _server(monkeypatch)
+    producer, other = await _connect(port), await _connect(port)
+    try:
+        producer.write(b"".join(_frame(i, SMALL_FRAME) for i in range(150)))
+        within = -(-CONNECTION_SMALL_BYTES // SMALL_FRAME)  # read until the window is full: 105 of 20,000 bytes
+        await _until(lambda: len(handled) == within)
+        await asyncio.sleep(0.2)
+        assert len(handled) == within
+
+        other.write(_frame(1000, SMALL_FRAME))  # the window is per connection: another one is read
+        await _until(lambda: 1000 in handled)
+
+        answer.set()
+        await _until(lambda: len(handled) == 151)
+        assert sorted(handled) == [*range(150), 1000]
+    finally:
+        answer.set()
+        producer.close()
+        other.close()
         await server.stop()
