@@ -34,6 +34,7 @@ class Settings:
     wal_segment_bytes: int = field(default=64 * MiB, metadata={"help": "size at which the file WAL rolls to a new file"})
     wal_fsync: bool = field(default=True, metadata={"help": "fsync the WAL before acknowledging (never turn off in production)"})
     flush_interval_ms: int = field(default=2000, metadata={"help": "longest time a batch stays only in the WAL"})
+    flush_concurrency: int = field(default=0, metadata={"help": "partitions flushed to segments at once (each flush is a segment PUT and a manifest write); 0 = 8 on S3, 1 on the local-filesystem store (one disk gains nothing from more)"})
     segment_bytes: int = field(default=8 * MiB, metadata={"help": "target size of a segment object"})
     tail_cache_bytes: int = field(default=64 * MiB, metadata={"help": "memory for recent batches served without object-store reads"})
     max_unflushed_bytes: int = field(default=256 * MiB, metadata={"help": "produce waits when this much is not yet in segments"})

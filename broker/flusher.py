@@ -31,6 +31,7 @@ log = logging.getLogger("keel.flusher")
 TICK_SECONDS = 0.1
 RETRY_SECONDS = 1.0
 STAGGER_FROM = 0.5  # the earliest share of flush_interval_ms at which a partition is flushed by age
+S3_FLUSH_CONCURRENCY = 8  # partitions flushed at once on S3 unless flush_concurrency says otherwise
 
 
 class Flusher:
@@ -78,6 +79,7 @@ class Flusher:
         settings = broker.settings
         now = time.monotonic()
         pressure = broker.unflushed_bytes > settings.max_unflushed_bytes // 2
+        due: list[tuple[PartitionLog, float]] = []
         for plog in list(broker.logs.values()):
             oldest = plog.oldest_unflushed_time()
             if oldest is None:
@@ -86,20 +88,38 @@ class Flusher:
             if not (force or pressure or plog.unflushed_bytes >= settings.segment_bytes
                     or (now - oldest) * 1000 >= max_age_ms):
                 continue  # nothing due: skip listing the batches (this runs every tick)
+            due.append((plog, max_age_ms))
+        if due:
+            # Partitions are flushed side by side: each flush is a segment PUT and a manifest CAS, and against
+            # a store that answers in 20 ms, 64 partitions one after another took 3 s a round.
+            slots = asyncio.Semaphore(max(1, settings.flush_concurrency or (
+                S3_FLUSH_CONCURRENCY if settings.s3_endpoint else 1)))
+            outcomes = await asyncio.gather(
+                *(self._flush_due_batches(plog, max_age_ms, now, force or pressure, slots) for plog, max_age_ms in due),
+                return_exceptions=True)
+            failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if failed is not None:
+                raise failed
+        await self._trim_wal()
+        broker.flush_progress.set()
+
+    async def _flush_due_batches(self, plog: PartitionLog, max_age_ms: float, now: float, urgent: bool,
+                                 slots: asyncio.Semaphore) -> None:
+        """Flushes one partition's due batches, oldest first, in segments of up to ``segment_bytes``."""
+        segment_bytes = self.broker.settings.segment_bytes
+        async with slots:
             batches = plog.unflushed_batches()
             while batches:
                 size = sum(len(b.data) for b in batches)
                 age_ms = (now - batches[0].appended_at) * 1000
-                if not (force or pressure or size >= settings.segment_bytes or age_ms >= max_age_ms):
-                    break
-                taken = _take(batches, settings.segment_bytes)
+                if not (urgent or size >= segment_bytes or age_ms >= max_age_ms):
+                    return
+                taken = _take(batches, segment_bytes)
                 try:
                     await self.flush_partition(plog, taken)
                 except ConflictError:
-                    break  # fenced: the partition has a newer leader and was resigned; its data is in the WAL
+                    return  # fenced: the partition has a newer leader and was resigned; its data is in the WAL
                 batches = batches[len(taken):]
-        await self._trim_wal()
-        broker.flush_progress.set()
 
     async def flush_partition(self, plog: PartitionLog, batches: list[TailBatch], *,
                               require_current: bool = True) -> None:
