@@ -8,17 +8,14 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from leading_broker import leading_broker
 
-from broker.config import Settings
 from broker.core import Broker
-from broker.flusher import S3_FLUSH_CONCURRENCY, Flusher
+from broker.flusher import S3_FLUSH_CONCURRENCY
 from broker.partition_log import PartitionLog
-from broker.topic_configs import TopicConfig
-from metadata.store import Manifest, TopicRecord
+from metadata.store import TopicRecord
 from objectstore.base import Data, TransientError
 from objectstore.memory import MemoryObjectStore
-from protocol.records import build_batch
-from wal.object import ObjectWriteAheadLog
 
 TOPIC = TopicRecord(name="audit", topic_id="ab" * 16, partitions=12)
 
@@ -47,24 +44,9 @@ class SlowSegmentStore(MemoryObjectStore):
             self.running -= 1
 
 
-async def _broker(tmp_path: Path, store: SlowSegmentStore, **settings_given: object) -> tuple[Broker, list[PartitionLog]]:
-    wal = ObjectWriteAheadLog(store, "wal/0/1")
-    await wal.open()
-    settings = Settings(data_dir=str(tmp_path), **settings_given)  # type: ignore[arg-type]
-    broker = Broker(settings, store=store, wal=wal)
-    broker.membership.lease_valid = lambda: True  # type: ignore[method-assign]
-    broker.topic_configs[TOPIC.name] = TopicConfig.from_configs({}, settings)
-    logs = []
-    for p in range(TOPIC.partitions):
-        manifest = Manifest(topic_id=TOPIC.topic_id, partition=p, leader_epoch=1, leader=0, leader_incarnation=1)
-        plog = PartitionLog.from_manifest(TOPIC, p, manifest, await broker.meta.commit_manifest(manifest, None))
-        broker.serve_partition(plog)
-        reply = broker.append(plog, build_batch([(None, b"record %d" % p)]))
-        assert isinstance(reply, asyncio.Future)
-        await reply
-        logs.append(plog)
-    broker.flusher = Flusher(broker)
-    return broker, logs
+async def _broker(tmp_path: Path, store: SlowSegmentStore, **settings: object) -> tuple[Broker, list[PartitionLog]]:
+    broker, logs = await leading_broker(tmp_path, store, TOPIC, list(range(TOPIC.partitions)), **settings)
+    return broker, list(logs.values())
 
 
 @pytest.mark.parametrize(("settings", "at_once"), [

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
-from broker.config import Settings
-from broker.core import Broker
-from broker.flusher import STAGGER_FROM, Flusher, _age_share
+from leading_broker import leading_broker
+
+from broker.flusher import STAGGER_FROM, _age_share
 from broker.partition_log import PartitionLog
-from broker.topic_configs import TopicConfig
 from metadata.store import Manifest, TopicRecord
 from objectstore.memory import MemoryObjectStore
-from protocol.records import build_batch
-from wal.object import ObjectWriteAheadLog
 
 
 def _log(topic_id: str, partition: int) -> PartitionLog:
@@ -36,32 +32,18 @@ def test_age_shares_are_spread_within_the_interval() -> None:
 
 
 async def test_flush_due_flushes_each_partition_at_its_share(tmp_path: Path) -> None:
-    store = MemoryObjectStore()
-    wal = ObjectWriteAheadLog(store, "wal/0/1")
-    await wal.open()
-    settings = Settings(data_dir=str(tmp_path), flush_interval_ms=10_000)
-    broker = Broker(settings, store=store, wal=wal)
-    broker.membership.lease_valid = lambda: True  # type: ignore[method-assign]
     topic = TopicRecord(name="audit", topic_id="ab" * 16, partitions=64)
-    broker.topic_configs[topic.name] = TopicConfig.from_configs({}, settings)
     shares = {p: _age_share(_log(topic.topic_id, p)) for p in range(64)}
     early = min(shares, key=shares.__getitem__)  # comes due well before 0.8 of the interval
     late = max(shares, key=shares.__getitem__)  # only after it
     assert shares[early] < 0.7 < 0.9 < shares[late]
-    logs = {}
-    for p in (early, late):
-        manifest = Manifest(topic_id=topic.topic_id, partition=p, leader_epoch=1, leader=0, leader_incarnation=1)
-        plog = PartitionLog.from_manifest(topic, p, manifest, await broker.meta.commit_manifest(manifest, None))
-        broker.serve_partition(plog)
-        reply = broker.append(plog, build_batch([(None, b"record %d" % p)]))
-        assert isinstance(reply, asyncio.Future)
-        await reply
-        plog.tail[0].appended_at = time.monotonic() - 0.8 * settings.flush_interval_ms / 1000
-        logs[p] = plog
-    broker.flusher = Flusher(broker)
+    broker, logs = await leading_broker(tmp_path, MemoryObjectStore(), topic, [early, late], flush_interval_ms=10_000)
+    interval = broker.settings.flush_interval_ms / 1000
+    for plog in logs.values():
+        plog.tail[0].appended_at = time.monotonic() - 0.8 * interval
     await broker.flusher.flush_due()
     assert logs[early].flushed_offset == 1 and len(logs[early].segments) == 1
     assert logs[late].flushed_offset == 0 and logs[late].segments == []
-    logs[late].tail[0].appended_at = time.monotonic() - settings.flush_interval_ms / 1000
+    logs[late].tail[0].appended_at = time.monotonic() - interval
     await broker.flusher.flush_due()  # never later than the interval itself
     assert logs[late].flushed_offset == 1
