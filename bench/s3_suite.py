@@ -190,6 +190,13 @@ def _stop(broker: BrokerProcess, res: SuiteResult) -> None:
         res.failures.append(note)
 
 
+def _median_index(values: list[float]) -> int | None:
+    """Where the median of ``values`` (the upper one of an even count) stands in it; None if it is empty."""
+    if not values:
+        return None
+    return sorted(range(len(values)), key=values.__getitem__)[len(values) // 2]
+
+
 def _pids(s3: SeaweedFS, broker: BrokerProcess | None = None) -> dict[str, int | None]:
     """The processes whose CPU a phase reports: the store, the broker (if one runs), this process."""
     return {"store": s3.proc.pid if s3.proc else None, "broker": broker.proc.pid if broker and broker.proc else None,
@@ -339,12 +346,11 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
         finally:
             _stop(broker, res)
             store.close()
-    read_order = sorted(range(len(reads)), key=lambda i: reads[i].mb_per_s)
-    read = reads[read_order[len(reads) // 2]] if reads else None
-    read_cpu = read_cpus[read_order[len(reads) // 2]] if len(read_cpus) == len(reads) and reads else None
-    pass_order = sorted(range(len(passes)), key=lambda i: passes[i][0] / passes[i][1] if passes[i][1] > 0 else 0.0)
-    got, secs = passes[pass_order[len(passes) // 2]] if passes else (0, 0.0)
-    get_cpu = get_cpus[pass_order[len(passes) // 2]] if len(get_cpus) == len(passes) and passes else None
+    # Each round's CPU was recorded beside its read and its GET pass: the median round gives both.
+    mid = _median_index([r.mb_per_s for r in reads])
+    read, read_cpu = (reads[mid], read_cpus[mid]) if mid is not None else (None, None)
+    mid = _median_index([g / t if t > 0 else 0.0 for g, t in passes])
+    (got, secs), get_cpu = (passes[mid], get_cpus[mid]) if mid is not None else ((0, 0.0), None)
     paired = [r.mb_per_s / (g / 1e6 / t) for r, (g, t) in zip(reads, passes, strict=False) if g and t > 0]
     res.meta.update(s3_wal_object_bytes=wal_object, s3_wal_objects_listed=len(wal_sizes),
                     s3_wal_object_bytes_seen_median=statistics.median(wal_sizes) if wal_sizes else None,
