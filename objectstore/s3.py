@@ -4,7 +4,9 @@ Choices that the interface forces or that a reader would otherwise have to guess
 
 * **Single-object PUT, GET, HEAD and DELETE, listings and batch deletes skip
   botocore's request pipeline**: botocore signs them and aiohttp sends them
-  (``objectstore/s3_direct.py``), at a third of the CPU per request.  Multipart
+  (``objectstore/s3_direct.py``), at a third of the CPU per request.  Ranged GETs
+  of 256 KiB or more (segment blocks) are received in worker threads instead
+  (``objectstore/s3_threaded_get.py``), off the event loop.  Multipart
   uploads and bucket creation go through the aiobotocore client.
 
 * **ETags never repeat.** S3's ETag of a plain PUT is the MD5 of the bytes, so writing the
@@ -78,7 +80,7 @@ from objectstore.base import (
     check_key,
     check_range,
 )
-from objectstore.s3_direct import DirectS3
+from objectstore.s3_direct import PREALLOCATE_FROM, DirectS3
 
 _T = TypeVar("_T")
 
@@ -492,8 +494,13 @@ class S3ObjectStore(ObjectStore):
         direct = await self._d()
         headers = {"Range": f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"}
 
+        large = end is not None and end - start >= PREALLOCATE_FROM
+
         async def once() -> tuple[bytes, int]:
-            reply = await direct.send("GetObject", "GET", full, headers=headers)
+            if large:
+                reply = await direct.get_large(full, headers)
+            else:
+                reply = await direct.send("GetObject", "GET", full, headers=headers)
             chunk = reply.body
             match = _CONTENT_RANGE.fullmatch(reply.headers.get("Content-Range", ""))
             if match is None:  # the server ignored Range and sent everything

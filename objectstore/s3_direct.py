@@ -9,7 +9,8 @@ costs about 1 ms (docs/performance.md).  So these three verbs, ListObjectsV2 and
 DeleteObjects (every flush round deletes the WAL objects it made redundant: hundreds of
 keys, about 4 ms of CPU through botocore, which showed in the object WAL's produce p99)
 go out here: botocore still signs them (``S3SigV4Auth``) and supplies the credentials,
-aiohttp carries them, and the standard library writes and parses the XML.  Multipart
+aiohttp carries them, and the standard library writes and parses the XML.  Large GETs,
+signed here too, are received in worker threads (``objectstore/s3_threaded_get.py``).  Multipart
 upload and bucket creation stay on aiobotocore.
 
 An error answer is raised as botocore's ``ClientError`` with the S3 error code and HTTP
@@ -35,6 +36,8 @@ from botocore.awsrequest import AWSRequest
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from objectstore.s3_threaded_get import ThreadedGets
+
 _ERROR_CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _ERROR_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 
@@ -50,6 +53,7 @@ class ListedObject:
 
 
 PREALLOCATE_FROM = 256 * 1024  # bodies this large (segment blocks) are read into one buffer
+THREADED_GET_WORKERS = 8  # threads (each with its own connection) for large GETs: read-ahead keeps a few busy
 
 
 @dataclass(slots=True)
@@ -79,8 +83,12 @@ class DirectS3:
             headers={"Accept-Encoding": "identity"},
             skip_auto_headers=("Content-Type",),
         )
+        self._threaded = ThreadedGets(self._base, connect_timeout=connect_timeout, read_timeout=read_timeout,
+                                      workers=min(max_connections, THREADED_GET_WORKERS))
+        self._path = urllib.parse.urlsplit(self._base).path
 
     async def close(self) -> None:
+        self._threaded.close()
         await self._session.close()
 
     async def _signed_headers(self, method: str, url: str, body: bytes, headers: dict[str, str],
@@ -148,6 +156,17 @@ class DirectS3:
             if method == "GET" and resp.content_length is not None and resp.content_length >= PREALLOCATE_FROM:
                 return Reply(resp.status, resp.headers, await _read_into_one_buffer(resp, resp.content_length))
             return Reply(resp.status, resp.headers, await resp.read())
+
+
+    async def get_large(self, key: str, headers: dict[str, str]) -> Reply:
+        """One GET attempt whose answer is expected to be large (a range of PREALLOCATE_FROM bytes or more),
+        received in a worker thread (objectstore/s3_threaded_get.py); errors as from :meth:`send`."""
+        url = self._base + _quote(key)
+        signed = await self._signed_headers("GET", url, b"", headers)
+        status, reply_headers, body = await self._threaded.get(self._path + _quote(key), signed)
+        if status >= 300:
+            raise _client_error("GetObject", status, bytes(body))
+        return Reply(status, reply_headers, body)
 
 
 class _KnownPayloadAuth(S3SigV4Auth):

@@ -33,6 +33,7 @@ from objectstore import s3
 from objectstore.base import NotFound, ObjectStoreError, PreconditionFailed, TransientError
 from objectstore.s3 import STAMP_MAGIC, STAMP_SIZE, S3Error, S3ObjectStore
 from objectstore.s3_direct import DirectS3
+from objectstore.s3_threaded_get import ThreadedGets
 from s3server import SeaweedFS
 
 MiB = 1024 * 1024
@@ -509,6 +510,32 @@ async def test_a_large_get_cut_short_is_retried_and_returns_the_exact_bytes(
         got = await engine.get("data/t/0/cut.seg", MiB, 3 * MiB)  # read into one preallocated buffer
         assert got == body[MiB:]
         assert proxy.count("GET") == 2
+
+
+@pytest.mark.parametrize("action", ["503", "reset", "cut-body"])
+async def test_a_large_range_get_is_received_in_a_worker_thread_and_retried_on_faults(
+    proxy: FaultProxy, s3_server: SeaweedFS, shared: S3ObjectStore, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    body = os.urandom(3 * MiB)
+    await shared.put("data/t/0/big.seg", body)
+    engine = await via(proxy, s3_server, shared.prefix)
+    threads: list[threading.Thread] = []
+    original = ThreadedGets._get_blocking
+
+    def spy(self: ThreadedGets, *args: Any) -> Any:
+        threads.append(threading.current_thread())
+        return original(self, *args)
+
+    monkeypatch.setattr(ThreadedGets, "_get_blocking", spy)
+    async with engine:
+        proxy.faults.append(Fault(action, lambda r: r.method == "GET"))
+        assert await engine.get("data/t/0/big.seg", MiB // 2, 3 * MiB) == body[MiB // 2:]
+        assert proxy.count("GET") == 2
+        assert len(threads) == 2 and threading.main_thread() not in threads
+        with pytest.raises(NotFound):
+            await engine.get("data/t/0/missing.seg", 0, MiB)
+        assert await engine.get("data/t/0/big.seg", 0, 64 * 1024) == body[: 64 * 1024]  # small: on the loop
+        assert len(threads) == 3
 
 
 async def test_a_malformed_listing_is_retried(proxy: FaultProxy, s3_server: SeaweedFS, shared: S3ObjectStore) -> None:

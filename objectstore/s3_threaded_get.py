@@ -1,0 +1,129 @@
+"""Large GET bodies read in worker threads, straight from the socket into their buffer.
+
+A cold catch-up reads segment blocks in GETs of 1-8 MiB.  Through aiohttp every
+body is received on the event loop: uvloop allocates a bytes object for each
+read, the HTTP parser passes it on, and it is copied into the block's buffer.
+That cost the broker about 0.9 ms of CPU per MB, on the same thread that
+answers the consumer's fetches, which then waited (docs/performance.md).  Here a
+worker thread sends the signed request with ``http.client`` on a kept-alive
+connection of its own and receives the body with ``recv_into`` into one
+buffer of the announced length: one copy, made by the kernel while the GIL is
+released.  Everything else (signing, retries, error mapping) stays with the
+caller, which gets the same :class:`Reply` as from an aiohttp request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import ssl
+import threading
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+
+class ThreadedGets:
+    """GETs against one endpoint, each run by one of ``workers`` threads with its own connection."""
+
+    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float, workers: int) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if self._https else 80)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._ssl = ssl.create_default_context() if self._https else None
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keel-s3-get")
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: set[http.client.HTTPConnection] = set()
+        self._closed = False
+
+    async def get(self, target: str, headers: dict[str, str]) -> tuple[int, CIMultiDictProxy[str], bytes | bytearray]:
+        """``GET target`` (path and query, already encoded): (status, headers, body) of any status."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._get_blocking, target, headers)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, set()
+        for conn in connections:
+            conn.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- in a worker thread ---------------------------------------------------
+
+    def _get_blocking(self, target: str, headers: dict[str, str]) -> tuple[int, CIMultiDictProxy[str], bytes | bytearray]:
+        conn, reused = self._connection()
+        try:
+            try:
+                conn.request("GET", target, headers=headers)
+                resp = conn.getresponse()
+            except (ConnectionError, http.client.BadStatusLine):
+                if not reused:
+                    raise
+                # The server closed the kept-alive connection while it sat idle: a GET is safe to send again.
+                self._drop(conn)
+                conn, _ = self._connection()
+                conn.request("GET", target, headers=headers)
+                resp = conn.getresponse()
+            body = self._read_body(resp)
+            if resp.will_close:
+                self._drop(conn)
+            return resp.status, CIMultiDictProxy(CIMultiDict(resp.getheaders())), body
+        except http.client.HTTPException as exc:  # a malformed or cut-short answer: the caller retries
+            self._drop(conn)
+            raise aiohttp.ClientPayloadError(f"GET {target}: {exc!r}") from None
+        except OSError as exc:
+            self._drop(conn)
+            if isinstance(exc, ConnectionError | TimeoutError | ssl.SSLError):
+                raise  # retried (resets, timeouts) or not (certificates), as the engine decides
+            raise aiohttp.ClientOSError(exc.errno, f"GET {target}: {exc}") from None  # unreachable host, ...: as aiohttp
+        except BaseException:
+            self._drop(conn)
+            raise
+
+    @staticmethod
+    def _read_body(resp: http.client.HTTPResponse) -> bytes | bytearray:
+        length = resp.length
+        if length is None or resp.status >= 300:  # chunked or an error document: small, read as it comes
+            return resp.read()
+        body = bytearray(length)
+        view, pos = memoryview(body), 0
+        while pos < length:
+            got = resp.readinto(view[pos:])
+            if not got:
+                raise http.client.IncompleteRead(bytes(0), length - pos)
+            pos += got
+        return body
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.sock is not None:
+            return conn, True
+        if self._https:
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._connect_timeout,
+                                               context=self._ssl)
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._connect_timeout)
+        conn.connect()
+        assert conn.sock is not None
+        conn.sock.settimeout(self._read_timeout)
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise aiohttp.ClientConnectionError("S3 store closed")
+            self._connections.add(conn)
+        self._local.conn = conn
+        return conn, False
+
+    def _drop(self, conn: http.client.HTTPConnection) -> None:
+        conn.close()
+        with self._lock:
+            self._connections.discard(conn)
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None

@@ -1,0 +1,81 @@
+"""Large S3 GETs run in worker threads on kept-alive connections of their own
+(objectstore/s3_threaded_get.py): a connection the server closed while it sat idle is
+replaced at once, and a body cut short is an error the engine retries, never short data."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from objectstore.s3_threaded_get import ThreadedGets
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _server(serve: Serve) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/bucket/"
+
+
+async def test_a_kept_alive_connection_the_server_closed_is_replaced_without_an_error() -> None:
+    requests: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        await writer.drain()
+        writer.close()  # without "Connection: close": the client still holds the connection as kept alive
+
+    server, base = await _server(serve)
+    gets = ThreadedGets(base, connect_timeout=2, read_timeout=2, workers=1)
+    try:
+        for _ in range(3):
+            status, headers, body = await gets.get("/bucket/k", {"Range": "bytes=0-4"})
+            assert (status, bytes(body), headers.get("content-length")) == (200, b"hello", "5")
+        assert len(requests) == 3  # each on a new connection, none of them failed
+        assert all(r.startswith(b"GET /bucket/k HTTP/1.1\r\n") and b"Range: bytes=0-4" in r for r in requests)
+    finally:
+        gets.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_body_cut_short_raises_a_payload_error() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + bytes(1000))
+        await writer.drain()
+        writer.close()
+
+    server, base = await _server(serve)
+    gets = ThreadedGets(base, connect_timeout=2, read_timeout=2, workers=2)
+    try:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await gets.get("/bucket/k", {})
+    finally:
+        gets.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_error_answer_comes_back_with_its_status_and_document() -> None:
+    document = b"<Error><Code>NoSuchKey</Code></Error>"
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(document), document))
+        await writer.drain()
+
+    server, base = await _server(serve)
+    gets = ThreadedGets(base, connect_timeout=2, read_timeout=2, workers=1)
+    try:
+        status, _headers, body = await gets.get("/bucket/k", {})
+        assert (status, bytes(body)) == (404, document)
+    finally:
+        gets.close()
+        server.close()
+        await server.wait_closed()
