@@ -116,7 +116,7 @@ class ThreadedGets:
         with self._lock:
             if self._closed:
                 conn.close()
-                raise aiohttp.ClientConnectionError("S3 store closed")
+                raise RuntimeError("the S3 store is closed")  # not retried
             self._connections.add(conn)
         self._local.conn = conn
         return conn, False
