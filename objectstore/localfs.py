@@ -26,7 +26,9 @@ btrfs and tmpfs do, and the constructor refuses a filesystem that does not.
 Cross-process safety. Every write and delete of a key holds an exclusive
 ``fcntl.flock`` on one of ``_LOCK_STRIPES`` lock files chosen by a stable hash
 of the key, so conditional puts are atomic across processes sharing the
-directory, and mtimes stay monotonic. All processes must use the same stripe
+directory, and mtimes stay monotonic. The lock covers only the check, the
+mtime and the rename (microseconds, no syncs): a process stopped while it
+holds the lock blocks every writer of that stripe until it runs again. All processes must use the same stripe
 count (a constant here). Reads take no lock. Inside one process an asyncio
 lock per stripe keeps waiters from piling up in the thread pool.
 
@@ -252,15 +254,20 @@ class LocalFSObjectStore(ObjectStore):
             view = memoryview(data).cast("B")
             while view:
                 view = view[os.write(fd, view) :]
+            # The syncs stay outside the key's lock, which is held only for the check, the mtime and the
+            # rename: a process stopped while holding it (SIGSTOP, a paused VM) stops every other process
+            # writing a key of that stripe, and one that stopped during a sync there kept a frozen
+            # controller's lease from being taken over (tests/cluster).
+            os.fdatasync(fd)  # the bytes, before the name makes them visible
             with self._key_lock(key):
                 current = self._check_condition(key, path, condition, expected)
                 mtime = max(time.time_ns(), current.st_mtime_ns + 1 if current else 0)
                 os.utime(fd, ns=(mtime, mtime))
-                os.fsync(fd)
                 written = os.fstat(fd)
                 os.rename(tmp, path)
                 renamed = True
-                _fsync_dir(directory)
+            os.fsync(fd)  # the mtime, part of the ETag returned
+            _fsync_dir(directory)  # the rename
             return _etag(written)
         finally:
             os.close(fd)
