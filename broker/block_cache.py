@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import OrderedDict
 
@@ -34,6 +35,7 @@ from objectstore.base import ObjectStore
 
 log = logging.getLogger("keel.blockcache")
 
+MAX_RELEASED = 64  # evicted extents watched for their buffers to become free
 STREAM_IDLE_SECONDS = 1.0  # a sequential reader counts as active this long after its last read
 MAX_TRACKED_KEYS = 10_000
 
@@ -67,8 +69,9 @@ class BlockCache:
         # key -> (time of its last sequential read, whether that read reached the object's last block)
         self._streams: dict[str, tuple[float, bool]] = {}
         self._size = 0
+        self._released: list[_Extent] = []  # evicted, buffer maybe still in use: see _recycle_released
         self._background: set[asyncio.Task[None]] = set()
-        self.stats = {"hits": 0, "misses": 0, "gets": 0, "bytes_fetched": 0, "prefetched": 0}
+        self.stats = {"hits": 0, "misses": 0, "gets": 0, "bytes_fetched": 0, "prefetched": 0, "recycled": 0}
 
     @property
     def size(self) -> int:
@@ -146,6 +149,7 @@ class BlockCache:
                     prefetch: bool) -> None:
         bs = self.block_size
         start = first * bs
+        self._recycle_released()
         try:
             data = await self.store.get(key, start, min(start + len(futures) * bs, object_size))
         except BaseException as exc:
@@ -203,6 +207,26 @@ class BlockCache:
         extent.live -= 1
         if extent.live == 0:
             self._size -= len(extent.data)
+            self._released.append(extent)
+            if len(self._released) > MAX_RELEASED:
+                del self._released[0]
+
+    def _recycle_released(self) -> None:
+        """Hands the buffers of evicted extents back to the store (``ObjectStore.recycle``) once nothing
+        refers to them: a fresh 8 MiB buffer costs 2,048 page faults as it is filled, a third of the
+        broker's CPU in a cold catch-up (docs/performance.md).  A Fetch answer still being written
+        holds a view of the buffer, and a reader that took the extent before it was evicted holds the
+        extent; CPython's reference counts show both, so a buffer is handed back only when the extent
+        is referred to by this list alone and the buffer by the extent alone."""
+        kept = []
+        for extent in self._released:
+            # References: the list, ``extent`` and getrefcount's argument; the attribute and the argument.
+            if sys.getrefcount(extent) == 3 and sys.getrefcount(extent.data) == 2:
+                self.store.recycle(extent.data)
+                self.stats["recycled"] += 1
+            else:
+                kept.append(extent)
+        self._released = kept
 
     def _drop(self, extent: _Extent) -> None:
         """Evicts every block still cached from ``extent``: they share its buffer, so only all together

@@ -142,6 +142,9 @@ class FaultInjectingStore(ObjectStore):
     async def put_if_match(self, key: str, data: Data, etag: str) -> str:
         return await self._call("put_if_match", lambda: self.inner.put_if_match(key, data, etag))
 
+    def recycle(self, data: bytes | bytearray) -> None:
+        self.inner.recycle(data)
+
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         return await self._call("get", lambda: self.inner.get(key, start, end))
 

@@ -520,6 +520,10 @@ class S3ObjectStore(ObjectStore):
         wanted = max(0, stop - start)
         return chunk if len(chunk) == wanted else chunk[:wanted]  # a slice of a large body would copy it
 
+    def recycle(self, data: bytes | bytearray) -> None:
+        if self._direct is not None:
+            self._direct.recycle(data)
+
     async def get_with_etag(self, key: str) -> tuple[bytes, str]:
         stored, etag = await self._get_stored(key, self._k(key))
         return self._unstamp(key, stored), etag

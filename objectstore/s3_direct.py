@@ -158,6 +158,10 @@ class DirectS3:
             return Reply(resp.status, resp.headers, await resp.read())
 
 
+    def recycle(self, body: bytes | bytearray) -> None:
+        """A large GET's body that nothing refers to any more: the next one of its size may reuse it."""
+        self._threaded.recycle(body)
+
     async def get_large(self, key: str, headers: dict[str, str]) -> Reply:
         """One GET attempt whose answer is expected to be large (a range of PREALLOCATE_FROM bytes or more),
         received in a worker thread (objectstore/s3_threaded_get.py); errors as from :meth:`send`."""

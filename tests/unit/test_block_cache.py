@@ -198,3 +198,39 @@ async def test_the_blocks_of_one_get_are_evicted_together_and_the_bound_holds() 
     gets = len(store.ranges)
     assert bytes(await cache.read("seg", 0, 100, len(DATA))) == DATA[:100]
     assert len(store.ranges) == gets + 1
+
+
+class RecyclingStore(MemoryObjectStore):
+    """Returns each GET in a buffer of its own, as the S3 engine does, and records what is handed back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recycled: list[bytes | bytearray] = []
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        return bytearray(await super().get(key, start, end))  # type: ignore[return-value]
+
+    def recycle(self, data: bytes | bytearray) -> None:
+        self.recycled.append(data)
+
+
+async def test_an_evicted_buffer_goes_back_to_the_store_only_once_nothing_refers_to_it() -> None:
+    store = RecyclingStore()
+    await store.put("seg", DATA)
+    cache = BlockCache(store, capacity_bytes=2000, block_size=1000, read_ahead=0)
+
+    async def block(n: int) -> bytes | memoryview:
+        return await cache.read("seg", n * 1000, (n + 1) * 1000, len(DATA))
+
+    view = await block(0)  # a Fetch answer still being written holds a view like this one
+    await block(1)
+    await block(2)  # evicts block 0
+    await block(3)  # evicts block 1
+    await block(4)  # its GET hands back block 1's buffer, not block 0's
+    assert [bytes(b) for b in store.recycled] == [DATA[1000:2000]]
+    assert cache.stats["recycled"] == 1
+    assert bytes(view) == DATA[:1000]
+    del view
+    await block(5)
+    assert sorted(bytes(b) for b in store.recycled) == sorted([DATA[1000:2000], DATA[:1000], DATA[2000:3000]])
+    assert await cache.read("seg", 0, 10_000, len(DATA)) == DATA

@@ -5,6 +5,8 @@ replaced at once, and a body cut short is an error the engine retries, never sho
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -75,6 +77,39 @@ async def test_an_error_answer_comes_back_with_its_status_and_document() -> None
     try:
         status, _headers, body = await gets.get("/bucket/k", {})
         assert (status, bytes(body)) == (404, document)
+    finally:
+        gets.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_body_handed_back_is_filled_again_by_a_get_of_about_its_size() -> None:
+    bodies = [os.urandom(1000), os.urandom(990), os.urandom(5000)]
+    answers = iter(bodies)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            body = next(answers)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    server, base = await _server(serve)
+    gets = ThreadedGets(base, connect_timeout=2, read_timeout=2, workers=1)
+    try:
+        _status, _headers, first = await gets.get("/bucket/a", {})
+        assert isinstance(first, bytearray) and bytes(first) == bodies[0]
+        address = ctypes.addressof(ctypes.c_char.from_buffer(first))
+        gets.recycle(first)
+        _status, _headers, second = await gets.get("/bucket/b", {})
+        assert second is first and bytes(second) == bodies[1]  # shrunk to its length, every byte new
+        assert ctypes.addressof(ctypes.c_char.from_buffer(second)) == address
+        gets.recycle(second)
+        _status, _headers, third = await gets.get("/bucket/c", {})  # too large for it: a new buffer
+        assert third is not second and bytes(third) == bodies[2]
     finally:
         gets.close()
         server.close()
