@@ -28,8 +28,8 @@ Cross-process safety. Every write and delete of a key holds an exclusive
 of the key, so conditional puts are atomic across processes sharing the
 directory, and mtimes stay monotonic. The lock covers only the check, the
 mtime and the rename (microseconds, no syncs): a process stopped while it
-holds the lock blocks every writer of that stripe until it runs again. All processes must use the same stripe
-count (a constant here). Reads take no lock. Inside one process an asyncio
+holds the lock blocks every writer of that stripe until it runs again. All
+processes must use the same stripe count (a constant here). Reads take no lock. Inside one process an asyncio
 lock per stripe keeps waiters from piling up in the thread pool.
 
 Blocking calls run in ``asyncio.to_thread``. ``delete`` removes directories

@@ -157,7 +157,6 @@ class DirectS3:
                 return Reply(resp.status, resp.headers, await _read_into_one_buffer(resp, resp.content_length))
             return Reply(resp.status, resp.headers, await resp.read())
 
-
     def recycle(self, body: bytes | bytearray) -> None:
         """A large GET's body that nothing refers to any more: the next one of its size may reuse it."""
         self._threaded.recycle(body)

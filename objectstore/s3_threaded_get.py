@@ -89,7 +89,10 @@ class ThreadedGets:
     # ---- in a worker thread ---------------------------------------------------
 
     def _get_blocking(self, target: str, headers: dict[str, str]) -> tuple[int, CIMultiDictProxy[str], bytes | bytearray]:
-        conn, reused = self._connection()
+        try:
+            conn, reused = self._connection()
+        except OSError as exc:
+            raise _as_aiohttp(exc, target) from None
         try:
             try:
                 conn.request("GET", target, headers=headers)
@@ -111,9 +114,7 @@ class ThreadedGets:
             raise aiohttp.ClientPayloadError(f"GET {target}: {exc!r}") from None
         except OSError as exc:
             self._drop(conn)
-            if isinstance(exc, ConnectionError | TimeoutError | ssl.SSLError):
-                raise  # retried (resets, timeouts) or not (certificates), as the engine decides
-            raise aiohttp.ClientOSError(exc.errno, f"GET {target}: {exc}") from None  # unreachable host, ...: as aiohttp
+            raise _as_aiohttp(exc, target) from None
         except BaseException:
             self._drop(conn)
             raise
@@ -157,3 +158,11 @@ class ThreadedGets:
             self._connections.discard(conn)
         if getattr(self._local, "conn", None) is conn:
             self._local.conn = None
+
+
+def _as_aiohttp(exc: OSError, target: str) -> OSError:
+    """Resets and timeouts as they are (the engine retries them), certificate errors too (it does not),
+    and any other socket error (an unreachable host, ...) as aiohttp reports it, which is retried."""
+    if isinstance(exc, ConnectionError | TimeoutError | ssl.SSLError):
+        return exc
+    return aiohttp.ClientOSError(exc.errno, f"GET {target}: {exc}")

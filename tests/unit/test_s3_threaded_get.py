@@ -114,3 +114,15 @@ async def test_a_body_handed_back_is_filled_again_by_a_get_of_about_its_size() -
         gets.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_refused_connection_is_a_connection_error_the_engine_retries() -> None:
+    server, base = await _server(lambda _r, _w: asyncio.sleep(0))
+    server.close()
+    await server.wait_closed()  # nothing listens on that port any more
+    gets = ThreadedGets(base, connect_timeout=2, read_timeout=2, workers=1)
+    try:
+        with pytest.raises(ConnectionError):
+            await gets.get("/bucket/k", {})
+    finally:
+        gets.close()
