@@ -5,9 +5,10 @@ replaced at once, and a body cut short is an error the engine retries, never sho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -23,6 +24,19 @@ async def _server(serve: Serve) -> tuple[asyncio.Server, str]:
     return server, f"http://127.0.0.1:{port}/bucket/"
 
 
+@contextlib.asynccontextmanager
+async def _gets(serve: Serve, workers: int = 1) -> AsyncIterator[ThreadedGets]:
+    """ThreadedGets against a server on loopback that answers with ``serve``."""
+    server, base = await _server(serve)
+    gets = ThreadedGets(base, connect_timeout=2, read_timeout=2, workers=workers)
+    try:
+        yield gets
+    finally:
+        gets.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_kept_alive_connection_the_server_closed_is_replaced_without_an_error() -> None:
     requests: list[bytes] = []
 
@@ -32,18 +46,12 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced_without_an_
         await writer.drain()
         writer.close()  # without "Connection: close": the client still holds the connection as kept alive
 
-    server, base = await _server(serve)
-    gets = ThreadedGets(base, connect_timeout=2, read_timeout=2, workers=1)
-    try:
+    async with _gets(serve, workers=1) as gets:
         for _ in range(3):
             status, headers, body = await gets.get("/bucket/k", {"Range": "bytes=0-4"})
             assert (status, bytes(body), headers.get("content-length")) == (200, b"hello", "5")
         assert len(requests) == 3  # each on a new connection, none of them failed
         assert all(r.startswith(b"GET /bucket/k HTTP/1.1\r\n") and b"Range: bytes=0-4" in r for r in requests)
-    finally:
-        gets.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_body_cut_short_raises_a_payload_error() -> None:
@@ -53,15 +61,9 @@ async def test_a_body_cut_short_raises_a_payload_error() -> None:
         await writer.drain()
         writer.close()
 
-    server, base = await _server(serve)
-    gets = ThreadedGets(base, connect_timeout=2, read_timeout=2, workers=2)
-    try:
+    async with _gets(serve, workers=2) as gets:
         with pytest.raises(aiohttp.ClientPayloadError):
             await gets.get("/bucket/k", {})
-    finally:
-        gets.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_an_error_answer_comes_back_with_its_status_and_document() -> None:
@@ -72,15 +74,9 @@ async def test_an_error_answer_comes_back_with_its_status_and_document() -> None
         writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(document), document))
         await writer.drain()
 
-    server, base = await _server(serve)
-    gets = ThreadedGets(base, connect_timeout=2, read_timeout=2, workers=1)
-    try:
+    async with _gets(serve, workers=1) as gets:
         status, _headers, body = await gets.get("/bucket/k", {})
         assert (status, bytes(body)) == (404, document)
-    finally:
-        gets.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_body_handed_back_is_filled_again_by_a_get_of_about_its_size() -> None:
@@ -97,9 +93,7 @@ async def test_a_body_handed_back_is_filled_again_by_a_get_of_about_its_size() -
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             await writer.drain()
 
-    server, base = await _server(serve)
-    gets = ThreadedGets(base, connect_timeout=2, read_timeout=2, workers=1)
-    try:
+    async with _gets(serve, workers=1) as gets:
         _status, _headers, first = await gets.get("/bucket/a", {})
         assert isinstance(first, bytearray) and bytes(first) == bodies[0]
         address = ctypes.addressof(ctypes.c_char.from_buffer(first))
@@ -110,10 +104,6 @@ async def test_a_body_handed_back_is_filled_again_by_a_get_of_about_its_size() -
         gets.recycle(second)
         _status, _headers, third = await gets.get("/bucket/c", {})  # too large for it: a new buffer
         assert third is not second and bytes(third) == bodies[2]
-    finally:
-        gets.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_refused_connection_is_a_connection_error_the_engine_retries() -> None:
