@@ -46,13 +46,22 @@ class _Extent:
 
     __slots__ = ("key", "data", "start", "first", "last", "live")
 
-    def __init__(self, key: str, data: bytes, start: int, first: int, last: int) -> None:
-        self.key, self.data, self.start, self.first, self.last = key, data, start, first, last
+    def __init__(self, key: str, data: bytes | bytearray | memoryview, start: int, first: int, last: int) -> None:
+        self.key, self.data, self.start, self.first, self.last = key, _backing(data), start, first, last
         self.live = 0
 
     def view(self, start: int, end: int) -> memoryview:
         """Object bytes [start, end), which must lie in this extent's blocks."""
         return memoryview(self.data)[start - self.start: end - self.start]
+
+
+def _backing(data: bytes | bytearray | memoryview) -> object:
+    """The buffer a view of all of it shows (a large GET's body comes as such a view), else ``data``: every
+    view made of a buffer counts among its references, while views made of a view do not count among the
+    view's, and ``_recycle_released`` goes by those counts."""
+    if isinstance(data, memoryview) and data.obj is not None and data.nbytes == len(data.obj):
+        return data.obj
+    return data
 
 
 class BlockCache:

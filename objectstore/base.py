@@ -121,9 +121,9 @@ class ObjectStore(abc.ABC):
         for key in keys:
             await self.delete(key)
 
-    def recycle(self, data: bytes | bytearray) -> None:  # noqa: B027 - deliberately a no-op default
-        """Takes back a buffer that ``get`` returned and that nothing refers to any more, for a later
-        ``get`` to fill instead of fresh memory.  The default drops it."""
+    def recycle(self, data: object) -> None:  # noqa: B027 - deliberately a no-op default
+        """Takes back a buffer that ``get`` returned (or that a view it returned showed) and that nothing
+        refers to any more, for a later ``get`` to fill instead of fresh memory.  The default drops it."""
 
     async def close(self) -> None:  # noqa: B027 - deliberately a no-op default
         """Release connections and threads. The default has nothing to release."""

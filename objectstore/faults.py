@@ -142,7 +142,7 @@ class FaultInjectingStore(ObjectStore):
     async def put_if_match(self, key: str, data: Data, etag: str) -> str:
         return await self._call("put_if_match", lambda: self.inner.put_if_match(key, data, etag))
 
-    def recycle(self, data: bytes | bytearray) -> None:
+    def recycle(self, data: object) -> None:
         self.inner.recycle(data)
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:

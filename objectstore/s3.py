@@ -520,7 +520,7 @@ class S3ObjectStore(ObjectStore):
         wanted = max(0, stop - start)
         return chunk if len(chunk) == wanted else chunk[:wanted]  # a slice of a large body would copy it
 
-    def recycle(self, data: bytes | bytearray) -> None:
+    def recycle(self, data: object) -> None:
         if self._direct is not None:
             self._direct.recycle(data)
 

@@ -60,7 +60,7 @@ THREADED_GET_WORKERS = 8  # threads (each with its own connection) for large GET
 class Reply:
     status: int
     headers: CIMultiDictProxy[str]
-    body: bytes | bytearray  # a bytearray for a large body: read-only all the same
+    body: bytes | bytearray | memoryview  # large bodies arrive in a buffer of their own: read-only all the same
 
 
 class DirectS3:
@@ -157,8 +157,8 @@ class DirectS3:
                 return Reply(resp.status, resp.headers, await _read_into_one_buffer(resp, resp.content_length))
             return Reply(resp.status, resp.headers, await resp.read())
 
-    def recycle(self, body: bytes | bytearray) -> None:
-        """A large GET's body that nothing refers to any more: the next one of its size may reuse it."""
+    def recycle(self, body: object) -> None:
+        """A large GET's buffer that nothing refers to any more: the next one of its size may reuse it."""
         self._threaded.recycle(body)
 
     async def get_large(self, key: str, headers: dict[str, str]) -> Reply:
@@ -169,7 +169,9 @@ class DirectS3:
         status, reply_headers, body = await self._threaded.get(self._path + _quote(key), signed)
         if status >= 300:
             raise _client_error("GetObject", status, bytes(body))
-        return Reply(status, reply_headers, body)
+        # A view, which compares and slices as bytes do (a map compares by identity); whoever keeps the
+        # data can hand back the map it shows (``view.obj``) with :meth:`recycle`.
+        return Reply(status, reply_headers, memoryview(body))
 
 
 class _KnownPayloadAuth(S3SigV4Auth):

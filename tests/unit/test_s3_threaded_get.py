@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import mmap
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -80,7 +81,7 @@ async def test_an_error_answer_comes_back_with_its_status_and_document() -> None
 
 
 async def test_a_body_handed_back_is_filled_again_by_a_get_of_about_its_size() -> None:
-    bodies = [os.urandom(1000), os.urandom(990), os.urandom(5000)]
+    bodies = [os.urandom(1000), os.urandom(990), os.urandom(5000), os.urandom(9000)]
     answers = iter(bodies)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -95,15 +96,18 @@ async def test_a_body_handed_back_is_filled_again_by_a_get_of_about_its_size() -
 
     async with _gets(serve, workers=1) as gets:
         _status, _headers, first = await gets.get("/bucket/a", {})
-        assert isinstance(first, bytearray) and bytes(first) == bodies[0]
+        assert isinstance(first, mmap.mmap) and bytes(first) == bodies[0]
         address = ctypes.addressof(ctypes.c_char.from_buffer(first))
         gets.recycle(first)
         _status, _headers, second = await gets.get("/bucket/b", {})
         assert second is first and bytes(second) == bodies[1]  # shrunk to its length, every byte new
-        assert ctypes.addressof(ctypes.c_char.from_buffer(second)) == address
+        assert ctypes.addressof(ctypes.c_char.from_buffer(second)) == address  # in place
         gets.recycle(second)
-        _status, _headers, third = await gets.get("/bucket/c", {})  # too large for it: a new buffer
+        _status, _headers, third = await gets.get("/bucket/c", {})  # over twice its size: a new buffer
         assert third is not second and bytes(third) == bodies[2]
+        gets.recycle(third)
+        _status, _headers, fourth = await gets.get("/bucket/d", {})  # under twice its size: grown
+        assert fourth is third and bytes(fourth) == bodies[3]
 
 
 async def test_a_refused_connection_is_a_connection_error_the_engine_retries() -> None:
