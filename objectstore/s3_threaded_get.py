@@ -80,10 +80,13 @@ class ThreadedGets:
                 buffer = min(fits, key=lambda b: abs(len(b) - length))
                 self._pool.remove(buffer)
                 self._pooled_bytes -= len(buffer)
+        if fits:
+            try:
+                buffer.resize(length)  # refused while any view of the map is alive, even at the same size
+            except BufferError:  # handed back too early: leave it to that view
+                fits = []
         if not fits:
             return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATED)
-        if len(buffer) != length:
-            buffer.resize(length)
         return buffer
 
     def close(self) -> None:

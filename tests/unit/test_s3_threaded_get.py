@@ -38,6 +38,23 @@ async def _gets(serve: Serve, workers: int = 1) -> AsyncIterator[ThreadedGets]:
         await server.wait_closed()
 
 
+def _answering(bodies: list[bytes]) -> Serve:
+    """A server that answers its requests, kept alive, with ``bodies`` in turn."""
+    answers = iter(bodies)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            body = next(answers)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    return serve
+
+
 async def test_a_kept_alive_connection_the_server_closed_is_replaced_without_an_error() -> None:
     requests: list[bytes] = []
 
@@ -82,19 +99,7 @@ async def test_an_error_answer_comes_back_with_its_status_and_document() -> None
 
 async def test_a_body_handed_back_is_filled_again_by_a_get_of_about_its_size() -> None:
     bodies = [os.urandom(1000), os.urandom(990), os.urandom(5000), os.urandom(9000)]
-    answers = iter(bodies)
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError:
-                return
-            body = next(answers)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            await writer.drain()
-
-    async with _gets(serve, workers=1) as gets:
+    async with _gets(_answering(bodies), workers=1) as gets:
         _status, _headers, first = await gets.get("/bucket/a", {})
         assert isinstance(first, mmap.mmap) and bytes(first) == bodies[0]
         address = ctypes.addressof(ctypes.c_char.from_buffer(first))
@@ -108,6 +113,17 @@ async def test_a_body_handed_back_is_filled_again_by_a_get_of_about_its_size() -
         gets.recycle(third)
         _status, _headers, fourth = await gets.get("/bucket/d", {})  # under twice its size: grown
         assert fourth is third and bytes(fourth) == bodies[3]
+
+
+async def test_a_body_handed_back_while_a_view_of_it_lives_is_not_filled_again() -> None:
+    bodies = [os.urandom(1000), os.urandom(1000)]
+    async with _gets(_answering(bodies), workers=1) as gets:
+        _status, _headers, first = await gets.get("/bucket/a", {})
+        view = memoryview(first)[10:20]  # a Fetch answer still being written
+        gets.recycle(first)  # too early
+        _status, _headers, second = await gets.get("/bucket/b", {})
+        assert second is not first and bytes(second) == bodies[1]
+        assert bytes(view) == bodies[0][10:20]
 
 
 async def test_a_refused_connection_is_a_connection_error_the_engine_retries() -> None:
