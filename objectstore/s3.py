@@ -247,6 +247,9 @@ class S3ObjectStore(ObjectStore):
                     path_style=self._config.s3["addressing_style"] == "path", credentials=credentials,
                     connect_timeout=self._config.connect_timeout, read_timeout=self._config.read_timeout,
                     max_connections=self._config.max_pool_connections,
+                    # The CA bundle botocore verifies the endpoint with (AWS_CA_BUNDLE, ca_bundle in the
+                    # AWS config file): a store with a private CA is trusted by every request or by none.
+                    ca_bundle=session.get_config_variable("ca_bundle"),
                 )
                 stack.push_async_callback(direct.close)
             except BaseException:

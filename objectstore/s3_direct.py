@@ -23,6 +23,7 @@ import base64
 import hashlib
 import inspect
 import re
+import ssl
 import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -67,8 +68,11 @@ class DirectS3:
     """PUT, GET and HEAD of keys in one bucket, signed with SigV4 and sent over one aiohttp session."""
 
     def __init__(self, *, endpoint_url: str | None, bucket: str, region: str, path_style: bool,
-                 credentials: Any, connect_timeout: float, read_timeout: float, max_connections: int) -> None:
+                 credentials: Any, connect_timeout: float, read_timeout: float, max_connections: int,
+                 ca_bundle: str | None = None) -> None:
         endpoint = urllib.parse.urlsplit(endpoint_url or f"https://s3.{region}.amazonaws.com")
+        # Certificates are verified against the system's CAs, or only against ``ca_bundle`` if given.
+        tls = ssl.create_default_context(cafile=ca_bundle) if endpoint.scheme == "https" else None
         if path_style:
             self._base = f"{endpoint.scheme}://{endpoint.netloc}{endpoint.path.rstrip('/')}/{_quote(bucket)}/"
         else:
@@ -76,7 +80,7 @@ class DirectS3:
         self._region = region
         self._credentials = credentials
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections),
+            connector=aiohttp.TCPConnector(limit=max_connections, ssl=tls if tls is not None else True),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
             auto_decompress=False,
             # As aiobotocore does: bytes exactly as stored (no transfer compression), no invented type.
@@ -84,7 +88,7 @@ class DirectS3:
             skip_auto_headers=("Content-Type",),
         )
         self._threaded = ThreadedGets(self._base, connect_timeout=connect_timeout, read_timeout=read_timeout,
-                                      workers=min(max_connections, THREADED_GET_WORKERS))
+                                      workers=min(max_connections, THREADED_GET_WORKERS), tls=tls)
         self._path = urllib.parse.urlsplit(self._base).path
 
     async def close(self) -> None:

@@ -40,14 +40,15 @@ _POPULATED = getattr(mmap, "MAP_POPULATE", 0)  # Linux: every page of a new map 
 class ThreadedGets:
     """GETs against one endpoint, each run by one of ``workers`` threads with its own connection."""
 
-    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float, workers: int) -> None:
+    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float, workers: int,
+                 tls: ssl.SSLContext | None = None) -> None:
         parts = urllib.parse.urlsplit(base_url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._https else 80)
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._ssl = ssl.create_default_context() if self._https else None
+        self._ssl = (tls or ssl.create_default_context()) if self._https else None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keel-s3-get")
         self._local = threading.local()
         self._lock = threading.Lock()
