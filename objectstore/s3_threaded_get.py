@@ -86,6 +86,8 @@ class ThreadedGets:
                 buffer.resize(length)  # refused while any view of the map is alive, even at the same size
             except BufferError:  # handed back too early: leave it to that view
                 fits = []
+            except (OSError, SystemError):  # no mremap (macOS) or no memory for the larger size
+                fits = []
         if not fits:
             return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATED)
         return buffer
