@@ -25,6 +25,7 @@ def build_object_store(settings: Settings) -> ObjectStore:
             root = root / settings.prefix.strip("/")
         return LocalFSObjectStore(root)
     from objectstore.s3 import S3ObjectStore  # noqa: PLC0415 - aiobotocore is only needed for S3
+    from objectstore.s3_threaded_get import POOL_BYTES  # noqa: PLC0415
 
     return S3ObjectStore(
         settings.bucket,
@@ -33,6 +34,8 @@ def build_object_store(settings: Settings) -> ObjectStore:
         prefix=settings.prefix,
         access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
         secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        # Buffers of evicted blocks, kept for the next GETs to fill: no more than half the block cache.
+        get_buffer_pool_bytes=min(POOL_BYTES, settings.block_cache_bytes // 2),
     )
 
 

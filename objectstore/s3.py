@@ -81,6 +81,7 @@ from objectstore.base import (
     check_range,
 )
 from objectstore.s3_direct import PREALLOCATE_FROM, DirectS3
+from objectstore.s3_threaded_get import POOL_BYTES
 
 _T = TypeVar("_T")
 
@@ -173,6 +174,7 @@ class S3ObjectStore(ObjectStore):
         create_bucket: bool = True,
         unique_etags: bool = True,
         use_instance_metadata: bool = False,
+        get_buffer_pool_bytes: int = POOL_BYTES,
     ) -> None:
         if max_attempts < 1 or max_in_flight < 1:
             raise ValueError("max_attempts and max_in_flight must be >= 1")
@@ -197,6 +199,7 @@ class S3ObjectStore(ObjectStore):
         self._root = f"{prefix}/" if prefix else ""
         self._stamp_size = STAMP_SIZE if unique_etags else 0
         self.use_instance_metadata = use_instance_metadata
+        self.get_buffer_pool_bytes = get_buffer_pool_bytes  # large-GET buffers kept for reuse (recycle)
         self._credentials = {
             k: v for k, v in (("aws_access_key_id", access_key), ("aws_secret_access_key", secret_key)) if v
         }
@@ -250,6 +253,7 @@ class S3ObjectStore(ObjectStore):
                     # The CA bundle botocore verifies the endpoint with (AWS_CA_BUNDLE, ca_bundle in the
                     # AWS config file): a store with a private CA is trusted by every request or by none.
                     ca_bundle=session.get_config_variable("ca_bundle"),
+                    get_buffer_pool_bytes=self.get_buffer_pool_bytes,
                 )
                 stack.push_async_callback(direct.close)
             except BaseException:

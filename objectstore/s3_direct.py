@@ -37,7 +37,7 @@ from botocore.awsrequest import AWSRequest
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from objectstore.s3_threaded_get import ThreadedGets
+from objectstore.s3_threaded_get import POOL_BYTES, ThreadedGets
 
 _ERROR_CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _ERROR_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
@@ -69,7 +69,7 @@ class DirectS3:
 
     def __init__(self, *, endpoint_url: str | None, bucket: str, region: str, path_style: bool,
                  credentials: Any, connect_timeout: float, read_timeout: float, max_connections: int,
-                 ca_bundle: str | None = None) -> None:
+                 ca_bundle: str | None = None, get_buffer_pool_bytes: int = POOL_BYTES) -> None:
         endpoint = urllib.parse.urlsplit(endpoint_url or f"https://s3.{region}.amazonaws.com")
         # Certificates are verified against the system's CAs, or only against ``ca_bundle`` if given.
         tls = ssl.create_default_context(cafile=ca_bundle) if endpoint.scheme == "https" else None
@@ -88,7 +88,8 @@ class DirectS3:
             skip_auto_headers=("Content-Type",),
         )
         self._threaded = ThreadedGets(self._base, connect_timeout=connect_timeout, read_timeout=read_timeout,
-                                      workers=min(max_connections, THREADED_GET_WORKERS), tls=tls)
+                                      workers=min(max_connections, THREADED_GET_WORKERS), tls=tls,
+                                      pool_bytes=get_buffer_pool_bytes)
         self._path = urllib.parse.urlsplit(self._base).path
 
     async def close(self) -> None:

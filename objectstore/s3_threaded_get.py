@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-POOL_BYTES = 32 * 1024 * 1024  # bodies kept for reuse: fresh memory costs a page fault every 4 KiB
+POOL_BYTES = 32 * 1024 * 1024  # bodies kept for reuse by default: fresh memory costs a page fault every 4 KiB
 _POPULATED = getattr(mmap, "MAP_POPULATE", 0)  # Linux: every page of a new map at once
 
 
@@ -41,7 +41,7 @@ class ThreadedGets:
     """GETs against one endpoint, each run by one of ``workers`` threads with its own connection."""
 
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float, workers: int,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, pool_bytes: int = POOL_BYTES) -> None:
         parts = urllib.parse.urlsplit(base_url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
@@ -56,6 +56,7 @@ class ThreadedGets:
         self._closed = False
         self._pool: list[mmap.mmap] = []  # bodies handed back, to be filled again
         self._pooled_bytes = 0
+        self._pool_bytes = pool_bytes  # at most this much of them
 
     async def get(self, target: str, headers: dict[str, str]) -> tuple[int, CIMultiDictProxy[str], bytes | mmap.mmap]:
         """``GET target`` (path and query, already encoded): (status, headers, body) of any status.  A body
@@ -68,7 +69,7 @@ class ThreadedGets:
         if not isinstance(body, mmap.mmap) or body.closed:
             return
         with self._lock:
-            if self._pooled_bytes + len(body) <= POOL_BYTES:
+            if self._pooled_bytes + len(body) <= self._pool_bytes:
                 self._pool.append(body)
                 self._pooled_bytes += len(body)
 

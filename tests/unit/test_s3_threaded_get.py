@@ -14,7 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from objectstore.s3_threaded_get import ThreadedGets
+from broker.config import Settings
+from broker.storage import build_object_store
+from objectstore.s3 import S3ObjectStore
+from objectstore.s3_threaded_get import POOL_BYTES, ThreadedGets
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -26,10 +29,10 @@ async def _server(serve: Serve) -> tuple[asyncio.Server, str]:
 
 
 @contextlib.asynccontextmanager
-async def _gets(serve: Serve, workers: int = 1) -> AsyncIterator[ThreadedGets]:
+async def _gets(serve: Serve, workers: int = 1, pool_bytes: int = POOL_BYTES) -> AsyncIterator[ThreadedGets]:
     """ThreadedGets against a server on loopback that answers with ``serve``."""
     server, base = await _server(serve)
-    gets = ThreadedGets(base, connect_timeout=2, read_timeout=2, workers=workers)
+    gets = ThreadedGets(base, connect_timeout=2, read_timeout=2, workers=workers, pool_bytes=pool_bytes)
     try:
         yield gets
     finally:
@@ -124,6 +127,26 @@ async def test_a_body_handed_back_while_a_view_of_it_lives_is_not_filled_again()
         _status, _headers, second = await gets.get("/bucket/b", {})
         assert second is not first and bytes(second) == bodies[1]
         assert bytes(view) == bodies[0][10:20]
+
+
+async def test_no_more_bodies_are_kept_than_the_pool_holds() -> None:
+    bodies = [os.urandom(1000) for _ in range(4)]
+    async with _gets(_answering(bodies), workers=1, pool_bytes=1500) as gets:
+        _status, _headers, first = await gets.get("/bucket/a", {})
+        _status, _headers, second = await gets.get("/bucket/b", {})
+        gets.recycle(first)
+        gets.recycle(second)  # 2,000 bytes would be over the bound: dropped
+        _status, _headers, third = await gets.get("/bucket/c", {})
+        _status, _headers, fourth = await gets.get("/bucket/d", {})
+        assert third is first and fourth is not second
+        assert (bytes(third), bytes(fourth)) == (bodies[2], bodies[3])
+
+
+def test_a_broker_keeps_no_more_get_buffers_than_half_its_block_cache() -> None:
+    small = build_object_store(Settings(s3_endpoint="http://127.0.0.1:9", bucket="b", block_cache_bytes=8 << 20))
+    default = build_object_store(Settings(s3_endpoint="http://127.0.0.1:9", bucket="b"))
+    assert isinstance(small, S3ObjectStore) and isinstance(default, S3ObjectStore)
+    assert (small.get_buffer_pool_bytes, default.get_buffer_pool_bytes) == (4 << 20, POOL_BYTES)
 
 
 async def test_a_refused_connection_is_a_connection_error_the_engine_retries() -> None:
