@@ -78,20 +78,19 @@ class ThreadedGets:
         when it shrinks; segment reads vary by a few bytes), else a new one with every page in place."""
         with self._lock:
             fits = [b for b in self._pool if length <= 2 * len(b) and len(b) <= 2 * length]
-            if fits:
-                buffer = min(fits, key=lambda b: abs(len(b) - length))
+            buffer = min(fits, key=lambda b: abs(len(b) - length)) if fits else None
+            if buffer is not None:
                 self._pool.remove(buffer)
                 self._pooled_bytes -= len(buffer)
-        if fits:
+        if buffer is not None:
             try:
                 buffer.resize(length)  # refused while any view of the map is alive, even at the same size
-            except BufferError:  # handed back too early: leave it to that view
-                fits = []
-            except (OSError, SystemError):  # no mremap (macOS) or no memory for the larger size
-                fits = []
-        if not fits:
-            return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATED)
-        return buffer
+                return buffer
+            except BufferError:
+                pass  # handed back too early: left to that view
+            except (OSError, SystemError):
+                pass  # no mremap (macOS), or no memory for the larger size
+        return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATED)
 
     def close(self) -> None:
         with self._lock:
