@@ -25,7 +25,7 @@ def build_object_store(settings: Settings) -> ObjectStore:
             root = root / settings.prefix.strip("/")
         return LocalFSObjectStore(root)
     from objectstore.s3 import S3ObjectStore  # noqa: PLC0415 - aiobotocore is only needed for S3
-    from objectstore.s3_threaded_get import POOL_BYTES  # noqa: PLC0415
+    from objectstore.s3_threaded_get import POOL_BYTES  # noqa: PLC0415 - as above
 
     return S3ObjectStore(
         settings.bucket,

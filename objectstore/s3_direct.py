@@ -169,9 +169,9 @@ class DirectS3:
     async def get_large(self, key: str, headers: dict[str, str]) -> Reply:
         """One GET attempt whose answer is expected to be large (a range of PREALLOCATE_FROM bytes or more),
         received in a worker thread (objectstore/s3_threaded_get.py); errors as from :meth:`send`."""
-        url = self._base + _quote(key)
-        signed = await self._signed_headers("GET", url, b"", headers)
-        status, reply_headers, body = await self._threaded.get(self._path + _quote(key), signed)
+        quoted = _quote(key)
+        signed = await self._signed_headers("GET", self._base + quoted, b"", headers)
+        status, reply_headers, body = await self._threaded.get(self._path + quoted, signed)
         if status >= 300:
             raise _client_error("GetObject", status, bytes(body))
         # A view, which compares and slices as bytes do (a map compares by identity); whoever keeps the
