@@ -14,7 +14,8 @@ size, so read-ahead waits until half the window is missing and then fills it
 with few large GETs rather than one block at a time.  The window shrinks
 when several readers stream at once so that what is read ahead for all of
 them fits in half of the cache, and the cache never holds more than
-``capacity_bytes``.
+``capacity_bytes``, counting the buffers the store keeps for reuse
+(``ObjectStore.buffer_pool_bytes``).
 
 The blocks of one GET stay views of the buffer that GET returned, not copies:
 a cold read then touches each byte once in Python (when the HTTP body is
@@ -68,7 +69,8 @@ class BlockCache:
     def __init__(self, store: ObjectStore, *, capacity_bytes: int, block_size: int = 1024 * 1024,
                  read_ahead: int = 2, max_get_blocks: int = 8) -> None:
         self.store = store
-        self.capacity = capacity_bytes
+        # Buffers of evicted blocks that the store keeps for its next GETs are memory of this cache too.
+        self.capacity = max(0, capacity_bytes - store.buffer_pool_bytes)
         self.block_size = block_size
         self.read_ahead = read_ahead
         self.max_get_blocks = max(1, max_get_blocks)

@@ -121,6 +121,12 @@ class ObjectStore(abc.ABC):
         for key in keys:
             await self.delete(key)
 
+    @property
+    def buffer_pool_bytes(self) -> int:
+        """The most memory this engine keeps in buffers handed back with :meth:`recycle` (0: it keeps none).
+        A cache of what ``get`` returned counts it within its own memory bound."""
+        return 0
+
     def recycle(self, data: object) -> None:  # noqa: B027 - deliberately a no-op default
         """Takes back a buffer that ``get`` returned (or that a view it returned showed) and that nothing
         refers to any more, for a later ``get`` to fill instead of fresh memory.  The default drops it."""

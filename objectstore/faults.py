@@ -142,6 +142,10 @@ class FaultInjectingStore(ObjectStore):
     async def put_if_match(self, key: str, data: Data, etag: str) -> str:
         return await self._call("put_if_match", lambda: self.inner.put_if_match(key, data, etag))
 
+    @property
+    def buffer_pool_bytes(self) -> int:
+        return self.inner.buffer_pool_bytes
+
     def recycle(self, data: object) -> None:
         self.inner.recycle(data)
 

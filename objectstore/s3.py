@@ -527,6 +527,10 @@ class S3ObjectStore(ObjectStore):
         wanted = max(0, stop - start)
         return chunk if len(chunk) == wanted else chunk[:wanted]  # a slice of a large body would copy it
 
+    @property
+    def buffer_pool_bytes(self) -> int:
+        return self.get_buffer_pool_bytes
+
     def recycle(self, data: object) -> None:
         if self._direct is not None:
             self._direct.recycle(data)

@@ -240,3 +240,30 @@ async def test_an_evicted_buffer_goes_back_to_the_store_only_once_nothing_refers
     assert sorted(bytes(b) for b in store.recycled) == sorted([DATA[1000:2000], DATA[:1000], DATA[2000:3000]])
     assert all(isinstance(b, bytearray) for b in store.recycled)  # the buffer a view showed, not the view
     assert await cache.read("seg", 0, 10_000, len(DATA)) == DATA
+
+
+class PoolingStore(RecyclingStore):
+    """Keeps the buffers handed back, up to ``pool`` bytes, as the S3 engine keeps large-GET buffers."""
+
+    def __init__(self, pool: int) -> None:
+        super().__init__()
+        self.pool = pool
+
+    @property
+    def buffer_pool_bytes(self) -> int:
+        return self.pool
+
+    def recycle(self, data: object) -> None:
+        if sum(len(b) for b in self.recycled) + len(data) <= self.pool:  # type: ignore[arg-type]
+            self.recycled.append(data)
+
+
+async def test_the_stores_buffer_pool_counts_within_the_caches_bound() -> None:
+    store = PoolingStore(pool=2000)
+    await store.put("seg", DATA)
+    cache = BlockCache(store, capacity_bytes=5000, block_size=1000, read_ahead=0)
+    for n in range(10):
+        assert bytes(await cache.read("seg", n * 1000, (n + 1) * 1000, len(DATA))) == DATA[n * 1000:(n + 1) * 1000]
+        held = sum(len(b) for b in store.recycled)
+        assert cache.size <= 3000 and cache.size + held <= 5000
+    assert cache.size == 3000 and sum(len(b) for b in store.recycled) == 2000
