@@ -7,6 +7,12 @@ the same S3 call made directly with ``S3ObjectStore`` in the same run:
 - ``s3_produce_latency_p50/p99``: ack latency of a broker with the object
   WAL, next to ``raw_put_latency_p*`` (PUT of an object the size of the WAL
   object one 1 KiB record produces, as the create-only PUT the WAL makes).
+- ``s3_produce_vs_paced_put_p50/p99``: the same ack latency next to
+  ``raw_paced_put_latency_p*``, the same PUTs started at the latency phase's
+  rate on a fixed timetable, not one after another: the store alone at that
+  load, waking from idle between requests and overlapping PUTs as the
+  broker's do.  Not the target's baseline; it shows which part of the gap
+  is the store's own at that rate.
 - ``s3_catchup_read``: MB/s of a consumer reading a topic from offset 0
   after a broker restart (cold caches), next to ``raw_get_read`` (the same
   segment objects read sequentially in ranged GETs).  Both are the median of
@@ -137,6 +143,31 @@ async def _put_latencies(store: S3ObjectStore, count: int, size: int) -> list[fl
         t0 = time.perf_counter()
         await store.put_if_absent(f"raw-put/{i:08d}", payload)
         out.append(time.perf_counter() - t0)
+    return out
+
+
+async def _paced_put_latencies(store: S3ObjectStore, count: int, size: int, rate: float) -> list[float]:
+    """The same create-only PUTs, each started on a fixed timetable of ``rate`` a second whether the ones
+    before it have finished or not, as the broker's appends arrive: what the store alone does at the
+    latency phase's offered rate, waking from idle between requests and overlapping when one runs long."""
+    payload = bytes(size)
+    await store.put("raw-paced-put/warmup", payload)
+    out: list[float] = []
+
+    async def one(i: int) -> None:
+        t0 = time.perf_counter()
+        await store.put_if_absent(f"raw-paced-put/{i:08d}", payload)
+        out.append(time.perf_counter() - t0)
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    started = []
+    for i in range(count):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        started.append(asyncio.ensure_future(one(i)))
+    await asyncio.gather(*started)
     return out
 
 
@@ -292,6 +323,7 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
         reads: list[workload.Throughput] = []
         passes: list[tuple[int, float]] = []
         puts: list[float] = []
+        paced_puts: list[float] = []
         segments: list[tuple[str, int]] = []
         read_errors = 0
         errors: dict[str, str] = {}
@@ -320,6 +352,12 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
             say(f"s3: raw PUT latency, {args.s3_put_samples:,} x {wal_object} B")
             with _CpuUse(_pids(s3)) as cpu["puts"]:
                 puts = store.run(_put_latencies(store.store, args.s3_put_samples, wal_object))
+            if args.s3_rate > 0:
+                say(f"s3: raw PUT latency paced at {args.s3_rate:g}/s, {args.s3_put_samples:,} x {wal_object} B")
+                t0 = time.perf_counter()
+                paced_puts = store.run(_paced_put_latencies(store.store, args.s3_put_samples, wal_object,
+                                                            args.s3_rate))
+                res.meta["s3_raw_paced_put_seconds"] = round(time.perf_counter() - t0, 3)
             if args.s3_remote_latency_ms > 0:
                 try:
                     remote_lat, remote_puts = _remote_phase(args, work_dir, s3, prefix, res, errors)
@@ -377,6 +415,13 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
     _latency_figures(res, "", lat, puts, join_notes(
         lat_note, f"PUT {wal_object} B x {len(puts):,}", puts_cpu,
         f"during the phase {cpu['lat'].cores()}" if "lat" in cpu else ""))
+    if paced_puts:
+        for p in (50.0, 99.0):
+            res.figures.append(Figure(
+                f"s3_produce_vs_paced_put_p{p:g}", pct_ms(lat.latencies if lat else None, p), "ms",
+                f"raw_paced_put_latency_p{p:g}", pct_ms(paced_puts, p), samples=len(lat.latencies) if lat else None,
+                note=f"the same latency phase against PUTs started {args.s3_rate:g} a second on a fixed timetable "
+                     f"(PUT {wal_object} B x {len(paced_puts):,}); the target compares with PUTs one after another"))
     if args.s3_remote_latency_ms > 0:
         remote_note = errors.get("remote", "")
         if remote_lat is not None:

@@ -254,14 +254,22 @@ def test_tiny_s3_suite_measures_each_figure_against_its_raw_s3_floor(tmp_path: P
     figures, meta = _tiny_suite(tmp_path, "s3", "--s3-records", "300", "--s3-put-samples", "300",
                                 "--s3-catchup-mb", "4", "--s3-catchup-rounds", "2", "--s3-remote-records", "150")
     assert set(figures) == {"s3_produce_latency_p50", "s3_produce_latency_p99", "s3_catchup_read",
-                            "s3_remote_produce_latency_p50", "s3_remote_produce_latency_p99"}
+                            "s3_remote_produce_latency_p50", "s3_remote_produce_latency_p99",
+                            "s3_produce_vs_paced_put_p50", "s3_produce_vs_paced_put_p99"}
     for name, baseline in (("s3_produce_latency_p50", "raw_put_latency_p50"),
                            ("s3_produce_latency_p99", "raw_put_latency_p99"), ("s3_catchup_read", "raw_get_read"),
+                           ("s3_produce_vs_paced_put_p50", "raw_paced_put_latency_p50"),
+                           ("s3_produce_vs_paced_put_p99", "raw_paced_put_latency_p99"),
                            ("s3_remote_produce_latency_p50", "raw_remote_put_latency_p50"),
                            ("s3_remote_produce_latency_p99", "raw_remote_put_latency_p99")):
         assert figures[name]["baseline_name"] == baseline
         assert _positive(figures[name]["value"]) and _positive(figures[name]["baseline_value"]), figures[name]
     assert figures["s3_produce_latency_p50"]["value"] <= figures["s3_produce_latency_p99"]["value"]
+    # The paced PUTs are compared with the same latency phase, and kept to its rate (500/s by default):
+    # 300 of them cannot start in less than 299 / 500 s.
+    for p in ("p50", "p99"):
+        assert figures[f"s3_produce_vs_paced_put_{p}"]["value"] == figures[f"s3_produce_latency_{p}"]["value"]
+    assert meta["s3_raw_paced_put_seconds"] >= 299 / 500
     # The proxy adds 20 ms (the default) to every request: to the raw PUTs, and to every acknowledgement.
     assert figures["s3_remote_produce_latency_p50"]["baseline_value"] >= 20
     assert figures["s3_remote_produce_latency_p50"]["value"] >= 20
