@@ -50,7 +50,7 @@ class Settings:
     wal_object_max_in_flight: int = field(default=32, metadata={"help": "object WAL: most WAL PUTs in flight at once; a store slower than about this many lingers per PUT queues appends behind it"})
     wal_object_max_bytes: int = field(default=4 * MiB, metadata={"help": "object WAL: WAL object size that triggers a PUT at once"})
     retention_check_interval_ms: int = field(default=5000, metadata={"help": "how often retention.ms/retention.bytes are applied"})
-    block_cache_bytes: int = field(default=64 * MiB, metadata={"help": "memory for cold reads: cached segment blocks and, on S3, buffers kept for the next GETs (half of it, 32 MiB at most)"})
+    block_cache_bytes: int = field(default=64 * MiB, metadata={"help": "memory for cold reads: cached segment blocks and, on S3, buffers kept for the next GETs (half of it, 32 MiB at most; none below 8 MiB)"})
     read_ahead_blocks: int = field(default=16, metadata={"help": "blocks (1 MiB) read ahead of a sequential cold reader, in GETs of up to 8 blocks (shrunk when several readers stream, so that all fit in half of block_cache_bytes)"})
     lease_ms: int = field(default=1000, metadata={"help": "broker lease: partitions move this long after a broker stops renewing"})
     lease_renew_ms: int = field(default=200, metadata={"help": "how often a broker renews its lease"})

@@ -16,6 +16,9 @@ from wal.object import ObjectWriteAheadLog
 from wal.reader import wal_location
 
 WAL_ENGINES = ("file", "object")
+# A block cache smaller than this keeps no GET buffers for reuse: half of it would not hold one of the
+# largest GETs (8 one-MiB blocks), and what it holds is taken from the cache (BlockCache.capacity).
+MIN_CACHE_FOR_BUFFER_POOL = 8 * 1024 * 1024
 
 
 def build_object_store(settings: Settings) -> ObjectStore:
@@ -34,8 +37,9 @@ def build_object_store(settings: Settings) -> ObjectStore:
         prefix=settings.prefix,
         access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
         secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        # Buffers of evicted blocks, kept for the next GETs to fill: no more than half the block cache.
-        get_buffer_pool_bytes=min(POOL_BYTES, settings.block_cache_bytes // 2),
+        # Buffers of evicted blocks, kept for the next GETs to fill: half the block cache, out of its bound.
+        get_buffer_pool_bytes=min(POOL_BYTES, settings.block_cache_bytes // 2)
+        if settings.block_cache_bytes >= MIN_CACHE_FOR_BUFFER_POOL else 0,
     )
 
 

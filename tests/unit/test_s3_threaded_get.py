@@ -143,10 +143,15 @@ async def test_no_more_bodies_are_kept_than_the_pool_holds() -> None:
 
 
 def test_a_broker_keeps_no_more_get_buffers_than_half_its_block_cache() -> None:
-    small = build_object_store(Settings(s3_endpoint="http://127.0.0.1:9", bucket="b", block_cache_bytes=8 << 20))
-    default = build_object_store(Settings(s3_endpoint="http://127.0.0.1:9", bucket="b"))
-    assert isinstance(small, S3ObjectStore) and isinstance(default, S3ObjectStore)
-    assert (small.get_buffer_pool_bytes, default.get_buffer_pool_bytes) == (4 << 20, POOL_BYTES)
+    def pool(**cache: int) -> int:
+        store = build_object_store(Settings(s3_endpoint="http://127.0.0.1:9", bucket="b", **cache))
+        assert isinstance(store, S3ObjectStore)
+        assert store.buffer_pool_bytes == store.get_buffer_pool_bytes
+        return store.buffer_pool_bytes
+
+    assert pool() == POOL_BYTES  # the default 64 MiB cache: 32 MiB of blocks, 32 MiB of buffers
+    assert pool(block_cache_bytes=8 << 20) == 4 << 20
+    assert pool(block_cache_bytes=4 << 20) == 0  # too small to spare any: all of it holds blocks
 
 
 async def test_a_refused_connection_is_a_connection_error_the_engine_retries() -> None:
