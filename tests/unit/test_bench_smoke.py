@@ -278,12 +278,13 @@ def test_tiny_s3_suite_measures_each_figure_against_its_raw_s3_floor(tmp_path: P
     # Every phase says what CPU the store, the broker (where one ran) and the client used. Hundreds of PUTs
     # cost the store many clock ticks; a 4 MB read may take less than one.
     cpu = meta["s3_cpu_seconds"]
-    assert set(cpu) == {"lat", "puts", "median_read", "median_get_pass"}
+    assert set(cpu) == {"lat", "puts", "paced_puts", "median_read", "median_get_pass"}
     for phase, used in cpu.items():
         assert used["wall"] > 0 and used["store"] >= 0 and used["client"] >= 0, (phase, used)
         assert ("broker" in used) == (phase in ("lat", "median_read")), (phase, used)
     assert cpu["lat"]["store"] > 0 and cpu["lat"]["broker"] > 0 and cpu["puts"]["store"] > 0, cpu
     assert "ms CPU a PUT" in figures["s3_produce_latency_p99"]["note"]
+    assert "ms CPU a PUT" in figures["s3_produce_vs_paced_put_p99"]["note"]
     assert "store" in figures["s3_catchup_read"]["note"]
     # (No check on the WAL objects listed after the latency phase: at this size the flusher may have
     # moved everything into segments and trimmed the WAL by then.)
