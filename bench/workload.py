@@ -462,9 +462,9 @@ class _Sender:
     """
 
     def __init__(self, bootstrap: str, topic: str, index: int, keys: Keys, meter: Meter, track_acks: bool,
-                 max_rate: bool) -> None:
+                 max_rate: bool, config: dict[str, Any] | None = None) -> None:
         extra = {"queue.buffering.max.messages": MAX_RATE_QUEUE} if max_rate else {}
-        self.producer = Producer(producer_config(bootstrap, 0, **extra))
+        self.producer = Producer(producer_config(bootstrap, 0, **extra, **(config or {})))
         self.topic, self.index, self.track = topic, index, track_acks
         self.key_of = keys.stream(index)
         self.acked = meter.cell()
@@ -540,20 +540,21 @@ def _schedules(rate: float, count: int | None, seconds: float | None, warmup: in
 def produce_latency(bootstrap: str, topics: Topics, rate: float, count: int | None, record_size: int,
                     warmup: int | None, *, seconds: float | None = None, warmup_seconds: float | None = None,
                     producers_per_topic: int = 1, keys: Keys | None = None,
-                    meters: Meters | None = None) -> LatencyRun:
+                    meters: Meters | None = None, producer: dict[str, Any] | None = None) -> LatencyRun:
     """Ack latency (send → delivery report) of ``count`` records paced at ``rate``/s in all, linger.ms=0.
 
     ``seconds`` bounds the measured part by time instead (or as well): with
     ``rate`` 0 the producers send flat out for that long, each keeping at most
     :data:`MAX_RATE_QUEUE` records unacknowledged.  ``warmup`` records
-    (or ``warmup_seconds``) go first, unmeasured.
+    (or ``warmup_seconds``) go first, unmeasured.  ``producer`` adds client
+    settings (such as ``enable.idempotence``).
     """
     names, keys, meters = _topic_list(topics), keys or Keys(), meters or Meters()
     clients = len(names) * producers_per_topic
     measured, warm = _schedules(rate, count, seconds, warmup, warmup_seconds)
     if count is not None:
         meters.produced.expect(count)
-    senders = [_Sender(bootstrap, names[i % len(names)], i, keys, meters.produced, True, rate <= 0)
+    senders = [_Sender(bootstrap, names[i % len(names)], i, keys, meters.produced, True, rate <= 0, producer)
                for i in range(clients)]
     ready = threading.Barrier(clients, timeout=START_TIMEOUT_S)
     go = threading.Barrier(clients, action=meters.begin, timeout=START_TIMEOUT_S)
