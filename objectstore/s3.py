@@ -199,7 +199,7 @@ class S3ObjectStore(ObjectStore):
         self._root = f"{prefix}/" if prefix else ""
         self._stamp_size = STAMP_SIZE if unique_etags else 0
         self.use_instance_metadata = use_instance_metadata
-        self.get_buffer_pool_bytes = get_buffer_pool_bytes  # large-GET buffers kept for reuse (recycle)
+        self._buffer_pool_bytes = get_buffer_pool_bytes  # large-GET buffers kept for reuse (recycle)
         self._credentials = {
             k: v for k, v in (("aws_access_key_id", access_key), ("aws_secret_access_key", secret_key)) if v
         }
@@ -253,7 +253,7 @@ class S3ObjectStore(ObjectStore):
                     # The CA bundle botocore verifies the endpoint with (AWS_CA_BUNDLE, ca_bundle in the
                     # AWS config file): a store with a private CA is trusted by every request or by none.
                     ca_bundle=session.get_config_variable("ca_bundle"),
-                    get_buffer_pool_bytes=self.get_buffer_pool_bytes,
+                    get_buffer_pool_bytes=self._buffer_pool_bytes,
                 )
                 stack.push_async_callback(direct.close)
             except BaseException:
@@ -529,7 +529,7 @@ class S3ObjectStore(ObjectStore):
 
     @property
     def buffer_pool_bytes(self) -> int:
-        return self.get_buffer_pool_bytes
+        return self._buffer_pool_bytes
 
     def recycle(self, data: object) -> None:
         if self._direct is not None:
