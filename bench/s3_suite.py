@@ -135,30 +135,25 @@ class _Store:
         self.loop.close()
 
 
-async def _put_latencies(store: S3ObjectStore, count: int, size: int) -> list[float]:
+async def _put_latencies(store: S3ObjectStore, count: int, size: int, rate: float = 0.0) -> list[float]:
+    """Create-only PUTs of ``size`` bytes, each timed: one after another, or with ``rate`` each started on
+    a fixed timetable of ``rate`` a second whether the ones before it have finished or not, as the
+    broker's appends arrive (the store alone at the latency phase's offered rate, waking from idle between
+    requests and overlapping when one runs long)."""
+    prefix = "raw-paced-put" if rate > 0 else "raw-put"
     payload = bytes(size)
-    await store.put("raw-put/warmup", payload)
-    out = []
-    for i in range(count):
-        t0 = time.perf_counter()
-        await store.put_if_absent(f"raw-put/{i:08d}", payload)
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-async def _paced_put_latencies(store: S3ObjectStore, count: int, size: int, rate: float) -> list[float]:
-    """The same create-only PUTs, each started on a fixed timetable of ``rate`` a second whether the ones
-    before it have finished or not, as the broker's appends arrive: what the store alone does at the
-    latency phase's offered rate, waking from idle between requests and overlapping when one runs long."""
-    payload = bytes(size)
-    await store.put("raw-paced-put/warmup", payload)
+    await store.put(f"{prefix}/warmup", payload)
     out: list[float] = []
 
     async def one(i: int) -> None:
         t0 = time.perf_counter()
-        await store.put_if_absent(f"raw-paced-put/{i:08d}", payload)
+        await store.put_if_absent(f"{prefix}/{i:08d}", payload)
         out.append(time.perf_counter() - t0)
 
+    if rate <= 0:
+        for i in range(count):
+            await one(i)
+        return out
     loop = asyncio.get_running_loop()
     start = loop.time()
     started = []
@@ -355,8 +350,7 @@ def run(args: Any, work_dir: Path) -> SuiteResult:
             if args.s3_rate > 0:
                 say(f"s3: raw PUT latency paced at {args.s3_rate:g}/s, {args.s3_put_samples:,} x {wal_object} B")
                 with _CpuUse(_pids(s3)) as cpu["paced_puts"]:
-                    paced_puts = store.run(_paced_put_latencies(store.store, args.s3_put_samples, wal_object,
-                                                                args.s3_rate))
+                    paced_puts = store.run(_put_latencies(store.store, args.s3_put_samples, wal_object, args.s3_rate))
                 res.meta["s3_raw_paced_put_seconds"] = round(cpu["paced_puts"].seconds, 3)
             if args.s3_remote_latency_ms > 0:
                 try:
